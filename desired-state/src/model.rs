@@ -1,0 +1,759 @@
+//! The files of a desired-state repository, as serde types.
+//!
+//! Every struct denies unknown keys. Defaults live here, in one place, so
+//! that the JSON Schema, the loader and the renderer agree on them.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::located::Located;
+use crate::types::*;
+
+/// Free-form Kafka settings: `key: value`, rendered into a properties file.
+pub type Properties = BTreeMap<PropertyKey, Located<PropertyValue>>;
+
+fn yes() -> bool {
+    true
+}
+
+fn default_version(v: &str) -> Version {
+    Version::try_from(v).unwrap_or_else(|_| unreachable!("built-in default {v} is a valid version"))
+}
+
+macro_rules! defaults {
+    ($($fn_name:ident: $ty:ty = $text:expr;)*) => {
+        $(
+            fn $fn_name() -> $ty {
+                <$ty>::try_from($text).unwrap_or_else(|_| unreachable!("built-in default {} is valid", $text))
+            }
+        )*
+    };
+}
+
+defaults! {
+    default_install_dir: AbsPath = "/opt/kafka";
+    default_jmx_jar: AbsPath = "/opt/jmx_exporter/jmx_prometheus_javaagent.jar";
+    default_broker_heap: HeapSize = "1g";
+    default_controller_heap: HeapSize = "512m";
+    default_connect_heap: HeapSize = "1g";
+    default_data_dir: AbsPath = "/var/lib/kafka/data";
+    default_metadata_dir: AbsPath = "/var/lib/kafka/metadata";
+    default_connect_group: Name = "connect-cluster";
+    default_connect_configs: TopicName = "connect-configs";
+    default_connect_offsets: TopicName = "connect-offsets";
+    default_connect_status: TopicName = "connect-status";
+    default_plugin_dir: AbsPath = "/opt/kafka-connect/plugins";
+    default_scrape_interval: Duration = "15s";
+    default_retention: Duration = "15d";
+    default_group_wait: Duration = "30s";
+    default_group_interval: Duration = "5m";
+    default_repeat_interval: Duration = "1h";
+    default_health_timeout: Duration = "10m";
+    default_lease_ttl: Duration = "15m";
+    default_cooldown: Duration = "30s";
+    default_poll_interval: Duration = "60s";
+    default_poll_jitter: Duration = "10s";
+    default_cert_validity: Duration = "90d";
+    default_cert_renew_before: Duration = "30d";
+    default_inter_broker_user: UserName = "broker";
+    default_admin_user: UserName = "admin";
+    default_grafana_admin: UserName = "admin";
+}
+
+fn located_default_scram_iterations() -> Located<u32> {
+    8192.into()
+}
+
+fn located_default_inter_broker_user() -> Located<UserName> {
+    default_inter_broker_user().into()
+}
+
+fn located_default_admin_user() -> Located<UserName> {
+    default_admin_user().into()
+}
+
+fn located_default_cert_validity() -> Located<Duration> {
+    default_cert_validity().into()
+}
+
+fn located_default_cert_renew_before() -> Located<Duration> {
+    default_cert_renew_before().into()
+}
+
+fn default_jmx_version() -> Version {
+    default_version("1.1.0")
+}
+
+// ---------------------------------------------------------------- cluster.yaml
+
+/// `cluster.yaml`: the cluster's identity and everything that is the same on
+/// every node.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    /// The cluster's name; used in tags, the CA's subject and dashboards.
+    pub name: Located<Name>,
+    /// The KRaft cluster id (`kafka-storage.sh random-uuid`). Never change it
+    /// for a running cluster.
+    pub kraft_cluster_id: Located<KafkaUuid>,
+    pub kafka: KafkaSpec,
+    pub network: NetworkSpec,
+    pub security: SecuritySpec,
+    #[serde(default)]
+    pub ports: Ports,
+    /// Cluster-wide topic defaults. Rendered into both brokers and
+    /// controllers (KRaft controllers apply them when topics are created).
+    #[serde(default)]
+    pub topic_defaults: TopicDefaults,
+    #[serde(default)]
+    pub broker: BrokerSpec,
+    #[serde(default)]
+    pub controller: ControllerSpec,
+    #[serde(default)]
+    pub connect: ConnectSpec,
+    #[serde(default)]
+    pub observability: ObservabilitySpec,
+    #[serde(default)]
+    pub rollout: RolloutPolicy,
+    #[serde(default)]
+    pub agent: AgentSpec,
+}
+
+/// Which Kafka to run and where it comes from.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSpec {
+    /// Apache Kafka version, e.g. 4.1.1.
+    pub version: Located<Version>,
+    pub distribution: Located<Distribution>,
+    /// Where the distribution is unpacked; `bin/kafka-server-start.sh` lives below it.
+    #[serde(default = "default_install_dir")]
+    pub install_dir: AbsPath,
+    #[serde(default)]
+    pub jmx_exporter: JmxExporterSpec,
+}
+
+/// Where the Kafka distribution comes from.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Distribution {
+    /// A tarball, checked against its SHA-512 before it is unpacked. Give
+    /// the digest itself (`sha512`, pinned in git: strongest) or where the
+    /// publisher's digest file is (`sha512_url`, e.g. Apache's `.sha512`).
+    Tarball {
+        url: Url,
+        #[serde(default)]
+        sha512: Option<Sha512Hex>,
+        #[serde(default)]
+        sha512_url: Option<Url>,
+    },
+    /// A Debian package from an apt source.
+    Apt {
+        /// The `deb` line of the source, e.g. `deb [signed-by=...] https://... stable main`.
+        source: SingleLine,
+        package: Name,
+        #[serde(default)]
+        version: Option<SingleLine>,
+    },
+}
+
+/// The Prometheus JMX exporter java agent run inside every Kafka JVM.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JmxExporterSpec {
+    #[serde(default = "default_jmx_version")]
+    pub version: Version,
+    /// Where the agent jar is on the node.
+    #[serde(default = "default_jmx_jar")]
+    pub jar: AbsPath,
+    /// Where to download it from, when the node does not have it yet.
+    #[serde(default)]
+    pub url: Option<Url>,
+    #[serde(default)]
+    pub sha512: Option<Sha512Hex>,
+}
+
+impl Default for JmxExporterSpec {
+    fn default() -> Self {
+        Self {
+            version: default_jmx_version(),
+            jar: default_jmx_jar(),
+            url: None,
+            sha512: None,
+        }
+    }
+}
+
+/// The network the nodes live in.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSpec {
+    /// Every node is reachable as `<name>.<domain>`; certificates carry that name.
+    pub domain: Located<DnsDomain>,
+    /// The availability zones and their subnets. A broker's rack is its AZ.
+    pub azs: Vec<Located<Az>>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Az {
+    pub name: Located<Name>,
+    pub subnet: Located<Cidr>,
+}
+
+/// Authentication and TLS. Listeners are always SASL_SSL with SCRAM-SHA-512
+/// for clients and brokers, and mutual TLS between controllers.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecuritySpec {
+    pub ca: CaSpec,
+    /// The SCRAM user brokers authenticate as to each other. Must be defined in `users/`.
+    #[serde(default = "located_default_inter_broker_user")]
+    pub inter_broker_user: Located<UserName>,
+    /// The SCRAM super user the coordinator manages the cluster as. Must be defined in `users/`.
+    #[serde(default = "located_default_admin_user")]
+    pub admin_user: Located<UserName>,
+    /// PBKDF2 iterations for SCRAM credentials (Kafka accepts 4096 to 16384).
+    #[serde(default = "located_default_scram_iterations")]
+    pub scram_iterations: Located<u32>,
+}
+
+/// The cluster CA that signs every node certificate.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CaSpec {
+    /// The CA certificate (PEM), a path in this repository.
+    pub certificate: Located<RepoPath>,
+    /// The CA private key, as an age-encrypted secret; only the coordinator decrypts it.
+    pub key_secret: Located<Name>,
+    /// How long a node certificate is valid.
+    #[serde(default = "located_default_cert_validity")]
+    pub cert_validity: Located<Duration>,
+    /// Renew a node certificate this long before it expires.
+    #[serde(default = "located_default_cert_renew_before")]
+    pub renew_before: Located<Duration>,
+}
+
+/// TCP ports. Defaults follow the seed platform.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Ports {
+    /// Client listener (SASL_SSL) on brokers.
+    pub client: u16,
+    /// Inter-broker listener (SASL_SSL) on brokers.
+    pub internal: u16,
+    /// Controller listener (mutual TLS) on controllers.
+    pub controller: u16,
+    pub broker_jmx: u16,
+    pub controller_jmx: u16,
+    pub connect_rest: u16,
+    pub connect_jmx: u16,
+    pub node_exporter: u16,
+    /// The agent's HTTP API and metrics, on every node.
+    pub agent: u16,
+    /// The coordinator's HTTP API, on the observability node.
+    pub coordinator: u16,
+    pub prometheus: u16,
+    pub alertmanager: u16,
+    pub alertmanager_cluster: u16,
+    pub grafana: u16,
+}
+
+impl Default for Ports {
+    fn default() -> Self {
+        Self {
+            client: 9092,
+            internal: 9091,
+            controller: 9093,
+            broker_jmx: 8080,
+            controller_jmx: 8079,
+            connect_rest: 8083,
+            connect_jmx: 8079,
+            node_exporter: 9100,
+            agent: 9170,
+            coordinator: 9171,
+            prometheus: 9090,
+            alertmanager: 9093,
+            alertmanager_cluster: 9094,
+            grafana: 3000,
+        }
+    }
+}
+
+/// Cluster-wide topic defaults, typed because they are cross-checked.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicDefaults {
+    pub replication_factor: Located<u16>,
+    pub min_insync_replicas: Located<u16>,
+    pub partitions: Located<u32>,
+    pub unclean_leader_election: bool,
+    pub auto_create_topics: bool,
+}
+
+impl Default for TopicDefaults {
+    fn default() -> Self {
+        Self {
+            replication_factor: 3.into(),
+            min_insync_replicas: 2.into(),
+            partitions: 3.into(),
+            unclean_leader_election: false,
+            auto_create_topics: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerSpec {
+    pub heap: HeapSize,
+    pub log_dirs: Vec<AbsPath>,
+    /// Extra `server.properties` keys. Keys that kraftops manages itself are refused.
+    pub settings: Properties,
+}
+
+impl Default for BrokerSpec {
+    fn default() -> Self {
+        Self {
+            heap: default_broker_heap(),
+            log_dirs: vec![default_data_dir()],
+            settings: Properties::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControllerSpec {
+    pub heap: HeapSize,
+    pub metadata_dir: AbsPath,
+    /// Extra `server.properties` keys. Keys that kraftops manages itself are refused.
+    pub settings: Properties,
+}
+
+impl Default for ControllerSpec {
+    fn default() -> Self {
+        Self {
+            heap: default_controller_heap(),
+            metadata_dir: default_metadata_dir(),
+            settings: Properties::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectSpec {
+    pub heap: HeapSize,
+    pub group_id: Name,
+    /// The SCRAM user the workers run as. Must be defined in `users/`.
+    pub user: Located<UserName>,
+    pub config_topic: Located<TopicName>,
+    pub offset_topic: Located<TopicName>,
+    pub status_topic: Located<TopicName>,
+    pub plugin_path: Vec<AbsPath>,
+    /// Extra worker properties. Keys that kraftops manages itself are refused.
+    pub settings: Properties,
+}
+
+impl Default for ConnectSpec {
+    fn default() -> Self {
+        Self {
+            heap: default_connect_heap(),
+            group_id: default_connect_group(),
+            user: UserName::try_from("kafka_connect")
+                .unwrap_or_else(|_| unreachable!("kafka_connect is a valid user name"))
+                .into(),
+            config_topic: default_connect_configs().into(),
+            offset_topic: default_connect_offsets().into(),
+            status_topic: default_connect_status().into(),
+            plugin_path: vec![default_plugin_dir()],
+            settings: Properties::new(),
+        }
+    }
+}
+
+/// Prometheus, Alertmanager and Grafana on the observability node.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ObservabilitySpec {
+    pub scrape_interval: Duration,
+    pub evaluation_interval: Duration,
+    pub retention: Duration,
+    /// Extra scrape jobs beyond the ones derived from the node list.
+    pub scrape_extras: Vec<Located<ScrapeJob>>,
+    pub alertmanager: AlertmanagerSpec,
+    pub grafana: GrafanaSpec,
+}
+
+impl Default for ObservabilitySpec {
+    fn default() -> Self {
+        Self {
+            scrape_interval: default_scrape_interval(),
+            evaluation_interval: default_scrape_interval(),
+            retention: default_retention(),
+            scrape_extras: Vec::new(),
+            alertmanager: AlertmanagerSpec::default(),
+            grafana: GrafanaSpec::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScrapeJob {
+    pub job_name: Located<Name>,
+    /// `host:port` targets.
+    pub targets: Vec<Located<SingleLine>>,
+    #[serde(default)]
+    pub metrics_path: Option<AbsPath>,
+    #[serde(default)]
+    pub labels: BTreeMap<PropertyKey, SingleLine>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertmanagerSpec {
+    pub group_by: Vec<Name>,
+    pub group_wait: Duration,
+    pub group_interval: Duration,
+    pub repeat_interval: Duration,
+    /// Where alerts go. The first receiver is the default route.
+    pub receivers: Vec<Located<Receiver>>,
+}
+
+impl Default for AlertmanagerSpec {
+    fn default() -> Self {
+        Self {
+            group_by: vec![Name::try_from("alertname").unwrap_or_else(|_| unreachable!("valid"))],
+            group_wait: default_group_wait(),
+            group_interval: default_group_interval(),
+            repeat_interval: default_repeat_interval(),
+            receivers: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Receiver {
+    pub name: Located<Name>,
+    #[serde(default)]
+    pub webhook_urls: Vec<Url>,
+    /// Only alerts whose labels match all of these go to this receiver
+    /// (the first receiver takes everything else).
+    #[serde(default)]
+    pub matchers: BTreeMap<PropertyKey, SingleLine>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrafanaSpec {
+    pub admin_user: UserName,
+    /// The Grafana admin password, as an age-encrypted secret.
+    pub admin_password_secret: Option<Located<Name>>,
+}
+
+impl Default for GrafanaSpec {
+    fn default() -> Self {
+        Self {
+            admin_user: default_grafana_admin(),
+            admin_password_secret: None,
+        }
+    }
+}
+
+/// How changes that need a restart roll through the cluster.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RolloutPolicy {
+    /// How long a restarted node may take to be healthy again before it is
+    /// rolled back to the last good revision.
+    pub health_timeout: Duration,
+    /// How long a restart lease lives without renewal.
+    pub lease_ttl: Duration,
+    /// Pause after a node is healthy before the next one may restart.
+    pub cooldown: Duration,
+    /// Roll a node back to the last good revision when it fails its health gate.
+    #[serde(default = "yes")]
+    pub auto_rollback: bool,
+    /// Run a preferred leader election after a broker is back.
+    #[serde(default = "yes")]
+    pub preferred_leader_election: bool,
+}
+
+impl Default for RolloutPolicy {
+    fn default() -> Self {
+        Self {
+            health_timeout: default_health_timeout(),
+            lease_ttl: default_lease_ttl(),
+            cooldown: default_cooldown(),
+            auto_rollback: true,
+            preferred_leader_election: true,
+        }
+    }
+}
+
+/// How every agent behaves.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentSpec {
+    /// How often an agent polls git when no nudge arrives.
+    pub poll_interval: Duration,
+    /// Random delay added to each poll, so nodes do not poll in lockstep.
+    pub poll_jitter: Duration,
+}
+
+impl Default for AgentSpec {
+    fn default() -> Self {
+        Self {
+            poll_interval: default_poll_interval(),
+            poll_jitter: default_poll_jitter(),
+        }
+    }
+}
+
+// ------------------------------------------------------------------ nodes.yaml
+
+/// `nodes.yaml`: every machine of the cluster.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodesFile {
+    pub nodes: Vec<Located<Node>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Controller,
+    Broker,
+    Connect,
+    Observability,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Controller => "controller",
+            Role::Broker => "broker",
+            Role::Connect => "connect",
+            Role::Observability => "observability",
+        }
+    }
+    /// Whether this role runs a Kafka server process with a KRaft node id.
+    pub fn is_kafka_server(self) -> bool {
+        matches!(self, Role::Controller | Role::Broker)
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Node {
+    /// The node's name; its host name is `<name>.<domain>`.
+    pub name: Located<Name>,
+    pub role: Located<Role>,
+    /// The KRaft `node.id`; required for brokers and controllers, refused for others.
+    #[serde(default)]
+    pub node_id: Option<Located<u32>>,
+    /// Controllers only: the metadata directory id for `--initial-controllers`
+    /// (`kafka-storage.sh random-uuid`).
+    #[serde(default)]
+    pub directory_id: Option<Located<KafkaUuid>>,
+    /// The availability zone; for brokers also `broker.rack`.
+    pub az: Located<Name>,
+    /// The private IPv4 address; must lie in the AZ's subnet.
+    pub address: Located<Ipv4Addr>,
+    pub instance_type: Located<InstanceType>,
+    /// Per-node settings, merged over the role's `settings`.
+    #[serde(default)]
+    pub settings: Properties,
+}
+
+// ----------------------------------------------------------------- topics/*.yaml
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TopicsFile {
+    pub topics: Vec<Located<Topic>>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Topic {
+    pub name: Located<TopicName>,
+    pub partitions: Located<u32>,
+    /// Defaults to `topic_defaults.replication_factor`.
+    #[serde(default)]
+    pub replication_factor: Option<Located<u16>>,
+    /// Topic-level configs, e.g. `retention.ms`, `min.insync.replicas`.
+    #[serde(default)]
+    pub config: Properties,
+}
+
+// ------------------------------------------------------------------ users/*.yaml
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UsersFile {
+    pub users: Vec<Located<User>>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub name: Located<UserName>,
+    /// The name of the age-encrypted secret `secrets/<name>.age` holding the password.
+    pub password_secret: Located<Name>,
+    #[serde(default)]
+    pub acls: Vec<Located<Acl>>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Acl {
+    pub resource: AclResource,
+    /// The resource name, or `*` for all. Ignored for `cluster` (always `kafka-cluster`).
+    #[serde(default = "acl_wildcard")]
+    pub name: Located<AclResourceName>,
+    #[serde(default)]
+    pub pattern: AclPattern,
+    pub operations: Vec<Located<AclOperation>>,
+    #[serde(default)]
+    pub permission: AclPermission,
+    /// The client host the rule applies to; `*` for any.
+    #[serde(default = "acl_any_host")]
+    pub host: SingleLine,
+}
+
+fn acl_wildcard() -> Located<AclResourceName> {
+    AclResourceName::try_from("*").unwrap_or_else(|_| unreachable!("* is valid")).into()
+}
+
+fn acl_any_host() -> SingleLine {
+    SingleLine::try_from("*").unwrap_or_else(|_| unreachable!("* is valid"))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AclResource {
+    Topic,
+    Group,
+    Cluster,
+    TransactionalId,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AclPattern {
+    #[default]
+    Literal,
+    Prefixed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AclOperation {
+    All,
+    Read,
+    Write,
+    Create,
+    Delete,
+    Alter,
+    Describe,
+    ClusterAction,
+    DescribeConfigs,
+    AlterConfigs,
+    IdempotentWrite,
+}
+
+impl AclOperation {
+    /// Whether Kafka accepts this operation on this resource type.
+    pub fn applies_to(self, resource: AclResource) -> bool {
+        use AclOperation::*;
+        match resource {
+            AclResource::Topic => matches!(self, All | Read | Write | Create | Delete | Alter | Describe | DescribeConfigs | AlterConfigs),
+            AclResource::Group => matches!(self, All | Read | Delete | Describe),
+            AclResource::Cluster => matches!(self, All | Create | Alter | Describe | ClusterAction | DescribeConfigs | AlterConfigs | IdempotentWrite),
+            AclResource::TransactionalId => matches!(self, All | Write | Describe),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AclPermission {
+    #[default]
+    Allow,
+    Deny,
+}
+
+// ------------------------------------------------------------- connectors/*.yaml
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectorsFile {
+    pub connectors: Vec<Located<Connector>>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Connector {
+    pub name: Located<Name>,
+    #[serde(default)]
+    pub state: ConnectorState,
+    /// The connector's configuration; `connector.class` is required.
+    pub config: Properties,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectorState {
+    #[default]
+    Running,
+    Paused,
+    Stopped,
+}
+
+// ------------------------------------------------------ observability/rules/*.yaml
+
+/// A Prometheus rule file, in Prometheus' own format.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RulesFile {
+    pub groups: Vec<Located<RuleGroup>>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RuleGroup {
+    pub name: Located<SingleLine>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+    pub rules: Vec<Located<Rule>>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alert: Option<Located<SingleLine>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<Located<SingleLine>>,
+    /// The PromQL expression. May span lines; `promtool check rules` validates it.
+    pub expr: String,
+    #[serde(default, rename = "for", skip_serializing_if = "Option::is_none")]
+    pub for_: Option<Duration>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<PropertyKey, SingleLine>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<PropertyKey, String>,
+}

@@ -1,0 +1,554 @@
+//! Cross-checks over a parsed repository: everything serde cannot see from
+//! one value alone. Each check adds diagnostics and goes on, so the operator
+//! gets every problem in one run.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::diagnostic::Diagnostic;
+use crate::located::{Located, Pos};
+use crate::model::*;
+use crate::types::PropertyKey;
+use crate::Model;
+
+/// `server.properties` keys kraftops derives itself; setting them by hand
+/// would fight the renderer. Entries ending in `.` are prefixes.
+pub const SERVER_MANAGED: &[&str] = &[
+    "node.id",
+    "broker.id",
+    "process.roles",
+    "listeners",
+    "advertised.listeners",
+    "listener.security.protocol.map",
+    "inter.broker.listener.name",
+    "controller.listener.names",
+    "controller.quorum.voters",
+    "controller.quorum.bootstrap.servers",
+    "log.dir",
+    "log.dirs",
+    "metadata.log.dir",
+    "broker.rack",
+    "authorizer.class.name",
+    "super.users",
+    "allow.everyone.if.no.acl.found",
+    "default.replication.factor",
+    "min.insync.replicas",
+    "num.partitions",
+    "unclean.leader.election.enable",
+    "auto.create.topics.enable",
+    "offsets.topic.replication.factor",
+    "transaction.state.log.replication.factor",
+    "transaction.state.log.min.isr",
+    "sasl.",
+    "ssl.",
+    "security.",
+    "listener.name.",
+    "config.providers",
+    "principal.builder.class",
+];
+
+/// Connect worker keys kraftops derives itself.
+pub const CONNECT_MANAGED: &[&str] = &[
+    "bootstrap.servers",
+    "group.id",
+    "config.storage.topic",
+    "offset.storage.topic",
+    "status.storage.topic",
+    "config.storage.replication.factor",
+    "offset.storage.replication.factor",
+    "status.storage.replication.factor",
+    "plugin.path",
+    "listeners",
+    "rest.advertised.host.name",
+    "rest.advertised.port",
+    "security.",
+    "sasl.",
+    "ssl.",
+    "producer.security.",
+    "producer.sasl.",
+    "producer.ssl.",
+    "consumer.security.",
+    "consumer.sasl.",
+    "consumer.ssl.",
+    "admin.security.",
+    "admin.sasl.",
+    "admin.ssl.",
+    "config.providers",
+];
+
+/// Why `key` may not be set by hand, if it is in `managed`.
+pub fn managed_key_reason(key: &str, managed: &[&str]) -> Option<String> {
+    let hit = managed.iter().find(|m| if m.ends_with('.') { key.starts_with(*m) } else { key == **m || key.starts_with(&format!("{m}.")) })?;
+    let what = if hit.ends_with('.') { format!("keys starting with `{hit}`") } else { format!("`{hit}`") };
+    Some(format!(
+        "setting `{key}` is managed by kraftops ({what} are derived from nodes.yaml, security and topic_defaults); remove it"
+    ))
+}
+
+struct Checker<'a> {
+    model: &'a Model,
+    out: Vec<Diagnostic>,
+}
+
+impl Checker<'_> {
+    fn err(&mut self, file: &str, pos: Pos, message: impl Into<String>) {
+        self.out.push(Diagnostic::at(file, pos, message));
+    }
+}
+
+pub(crate) fn validate(model: &Model) -> Vec<Diagnostic> {
+    let mut c = Checker { model, out: Vec::new() };
+    check_network(&mut c);
+    check_nodes(&mut c);
+    check_topic_defaults(&mut c);
+    check_settings(&mut c);
+    check_topics(&mut c);
+    check_users(&mut c);
+    check_connectors(&mut c);
+    check_observability(&mut c);
+    check_security(&mut c);
+    c.out
+}
+
+const CLUSTER: &str = "cluster.yaml";
+const NODES: &str = "nodes.yaml";
+
+/// Reports every value after its first occurrence as a duplicate.
+/// The third element says where the first one is, as `file:line:col`.
+fn duplicates<'a, K: Ord + 'a>(items: impl IntoIterator<Item = (K, &'a str, Pos)>) -> Vec<(&'a str, Pos, String)> {
+    let mut seen: BTreeMap<K, (&str, Pos)> = BTreeMap::new();
+    let mut dups = Vec::new();
+    for (key, file, pos) in items {
+        match seen.get(&key) {
+            Some((first_file, first)) => dups.push((file, pos, format!("{first_file}:{first}"))),
+            None => {
+                seen.insert(key, (file, pos));
+            }
+        }
+    }
+    dups
+}
+
+fn check_network(c: &mut Checker<'_>) {
+    let azs = &c.model.cluster.network.azs;
+    if azs.is_empty() {
+        c.err(CLUSTER, c.model.cluster.network.domain.pos, "network.azs must list at least one availability zone");
+    }
+    for (_, pos, first) in duplicates(azs.iter().map(|az| (az.name.as_str().to_owned(), CLUSTER, az.name.pos))) {
+        c.err(CLUSTER, pos, format!("duplicate availability zone; first defined at {first}"));
+    }
+    for (i, a) in azs.iter().enumerate() {
+        for b in &azs[..i] {
+            if a.subnet.overlaps(&b.subnet) {
+                c.err(CLUSTER, a.subnet.pos, format!("subnet {} of {} overlaps subnet {} of {}", *a.subnet, *a.name, *b.subnet, *b.name));
+            }
+        }
+    }
+}
+
+fn check_nodes(c: &mut Checker<'_>) {
+    let model = c.model;
+    let nodes = &model.nodes;
+    if nodes.is_empty() {
+        c.err(NODES, Pos { line: 1, column: 1 }, "nodes must list at least one node");
+        return;
+    }
+    for (_, pos, first) in duplicates(nodes.iter().map(|n| (n.name.as_str().to_owned(), NODES, n.name.pos))) {
+        c.err(NODES, pos, format!("duplicate node name; first defined at {first}"));
+    }
+    for (_, pos, first) in duplicates(nodes.iter().map(|n| (n.address.value, NODES, n.address.pos))) {
+        c.err(NODES, pos, format!("duplicate address; already used by the node at {first}"));
+    }
+    for (_, pos, first) in duplicates(nodes.iter().filter_map(|n| n.node_id.as_ref()).map(|id| (id.value, NODES, id.pos))) {
+        c.err(NODES, pos, format!("duplicate node_id; already used by the node at {first}"));
+    }
+    for (_, pos, first) in duplicates(nodes.iter().filter_map(|n| n.directory_id.as_ref()).map(|id| (id.as_str().to_owned(), NODES, id.pos))) {
+        c.err(NODES, pos, format!("duplicate directory_id; already used by the node at {first}"));
+    }
+    let azs: BTreeMap<&str, &Located<Az>> = model.cluster.network.azs.iter().map(|az| (az.name.as_str(), az)).collect();
+    for node in nodes {
+        let role = *node.role;
+        match (&node.node_id, role.is_kafka_server()) {
+            (None, true) => c.err(NODES, node.pos, format!("node {} is a {role} and needs a node_id", *node.name)),
+            (Some(id), false) => c.err(NODES, id.pos, format!("node_id is only for brokers and controllers; {} is a {role} node", *node.name)),
+            _ => {}
+        }
+        if let Some(id) = &node.node_id
+            && id.value > i32::MAX as u32
+        {
+            c.err(NODES, id.pos, format!("node_id {} is larger than Kafka allows ({})", id.value, i32::MAX));
+        }
+        match (&node.directory_id, role == Role::Controller) {
+            (None, true) => c.err(
+                NODES,
+                node.pos,
+                format!("controller {} needs a directory_id (generate one with `kafka-storage.sh random-uuid`)", *node.name),
+            ),
+            (Some(d), false) => c.err(NODES, d.pos, format!("directory_id is only for controllers; {} is a {role} node", *node.name)),
+            _ => {}
+        }
+        match azs.get(node.az.as_str()) {
+            None => {
+                let known: Vec<&str> = azs.keys().copied().collect();
+                c.err(NODES, node.az.pos, format!("availability zone {} is not defined in cluster.yaml network.azs (known: {})", *node.az, known.join(", ")));
+            }
+            Some(az) => {
+                if !az.subnet.contains(node.address.value) {
+                    c.err(NODES, node.address.pos, format!("address {} is outside subnet {} of {}", node.address.value, *az.subnet, *az.name));
+                }
+            }
+        }
+        if !node.settings.is_empty() && role == Role::Observability {
+            let first = node.settings.values().next().map_or(node.pos, |v| v.pos);
+            c.err(NODES, first, format!("settings are not used on {role} nodes"));
+        }
+    }
+    let count = |role| nodes.iter().filter(|n| *n.role == role).count();
+    let controllers = count(Role::Controller);
+    if !matches!(controllers, 1 | 3 | 5) {
+        let pos = nodes.iter().find(|n| *n.role == Role::Controller).map_or(nodes[0].pos, |n| n.role.pos);
+        c.err(NODES, pos, format!("there are {controllers} controllers; a KRaft quorum needs 1, 3 or 5"));
+    }
+    if count(Role::Broker) == 0 {
+        c.err(NODES, nodes[0].pos, "there must be at least one broker");
+    }
+    let observability = count(Role::Observability);
+    if observability != 1 {
+        let pos = nodes.iter().filter(|n| *n.role == Role::Observability).nth(1).map_or(nodes[0].pos, |n| n.role.pos);
+        c.err(NODES, pos, format!("there are {observability} observability nodes; exactly one runs the coordinator, Prometheus and Grafana"));
+    }
+    for node in nodes {
+        check_ports(c, node);
+    }
+}
+
+/// The TCP ports a node of `role` listens on, with what each is for.
+pub fn ports_of(role: Role, p: &Ports) -> Vec<(u16, &'static str)> {
+    let mut ports = vec![(p.node_exporter, "node_exporter"), (p.agent, "agent")];
+    match role {
+        Role::Controller => ports.extend([(p.controller, "controller listener"), (p.controller_jmx, "controller JMX exporter")]),
+        Role::Broker => ports.extend([(p.client, "client listener"), (p.internal, "inter-broker listener"), (p.broker_jmx, "broker JMX exporter")]),
+        Role::Connect => ports.extend([(p.connect_rest, "Connect REST API"), (p.connect_jmx, "Connect JMX exporter")]),
+        Role::Observability => ports.extend([
+            (p.coordinator, "coordinator"),
+            (p.prometheus, "Prometheus"),
+            (p.alertmanager, "Alertmanager"),
+            (p.alertmanager_cluster, "Alertmanager cluster"),
+            (p.grafana, "Grafana"),
+        ]),
+    }
+    ports
+}
+
+fn check_ports(c: &mut Checker<'_>, node: &Located<Node>) {
+    let ports = ports_of(*node.role, &c.model.cluster.ports);
+    let mut seen: BTreeMap<u16, &str> = BTreeMap::new();
+    for (port, what) in ports {
+        if port == 0 {
+            c.err(CLUSTER, Pos { line: 1, column: 1 }, format!("ports: {what} port must not be 0"));
+        } else if let Some(other) = seen.insert(port, what) {
+            c.err(NODES, node.role.pos, format!("port {port} is used twice on {} ({other} and {what}); change one in cluster.yaml ports", *node.name));
+        }
+    }
+}
+
+fn check_topic_defaults(c: &mut Checker<'_>) {
+    let d = &c.model.cluster.topic_defaults;
+    let brokers = c.model.brokers().count();
+    if *d.replication_factor == 0 {
+        c.err(CLUSTER, d.replication_factor.pos, "topic_defaults.replication_factor must be at least 1");
+    } else if usize::from(*d.replication_factor) > brokers {
+        c.err(CLUSTER, d.replication_factor.pos, format!("topic_defaults.replication_factor {} is larger than the number of brokers ({brokers})", *d.replication_factor));
+    }
+    if *d.min_insync_replicas == 0 {
+        c.err(CLUSTER, d.min_insync_replicas.pos, "topic_defaults.min_insync_replicas must be at least 1");
+    } else if *d.replication_factor > 1 && *d.min_insync_replicas >= *d.replication_factor {
+        c.err(
+            CLUSTER,
+            d.min_insync_replicas.pos,
+            format!(
+                "topic_defaults.min_insync_replicas {} must be less than the replication factor {}, or no broker can ever be restarted without blocking producers",
+                *d.min_insync_replicas, *d.replication_factor
+            ),
+        );
+    }
+    if *d.partitions == 0 {
+        c.err(CLUSTER, d.partitions.pos, "topic_defaults.partitions must be at least 1");
+    }
+}
+
+fn check_settings(c: &mut Checker<'_>) {
+    let cluster = &c.model.cluster;
+    let report = |c: &mut Checker<'_>, file: &str, settings: &Properties, managed: &[&str]| {
+        for (key, value) in settings {
+            if let Some(reason) = managed_key_reason(key.as_str(), managed) {
+                c.err(file, value.pos, reason);
+            }
+        }
+    };
+    report(c, CLUSTER, &cluster.broker.settings, SERVER_MANAGED);
+    report(c, CLUSTER, &cluster.controller.settings, SERVER_MANAGED);
+    report(c, CLUSTER, &cluster.connect.settings, CONNECT_MANAGED);
+    for node in &c.model.nodes {
+        let managed = if *node.role == Role::Connect { CONNECT_MANAGED } else { SERVER_MANAGED };
+        report(c, NODES, &node.settings, managed);
+    }
+    if cluster.broker.log_dirs.is_empty() {
+        c.err(CLUSTER, cluster.name.pos, "broker.log_dirs must list at least one directory");
+    }
+}
+
+fn u16_config(c: &mut Checker<'_>, file: &str, config: &Properties, key: &str) -> Option<(u16, Pos)> {
+    let value = config.iter().find(|(k, _)| k.as_str() == key)?.1;
+    match value.as_str().parse::<u16>() {
+        Ok(n) => Some((n, value.pos)),
+        Err(_) => {
+            c.err(file, value.pos, format!("{key} must be a whole number, got {:?}", value.as_str()));
+            None
+        }
+    }
+}
+
+fn check_topics(c: &mut Checker<'_>) {
+    let model = c.model;
+    let brokers = model.brokers().count();
+    for (file, pos, first) in duplicates(model.topics.iter().map(|t| (t.name.as_str().to_owned(), t.file.as_str(), t.name.pos))) {
+        c.err(file, pos, format!("duplicate topic; first defined at {first}"));
+    }
+    let defaults = &model.cluster.topic_defaults;
+    for t in &model.topics {
+        let file = t.file.as_str();
+        if t.name.as_str().starts_with("__") {
+            c.err(file, t.name.pos, format!("topic {} is internal to Kafka (names starting with __ are reserved)", *t.name));
+        }
+        if *t.partitions == 0 {
+            c.err(file, t.partitions.pos, "partitions must be at least 1");
+        }
+        let (rf, rf_pos) = t.replication_factor.as_ref().map_or((*defaults.replication_factor, t.item.pos), |r| (r.value, r.pos));
+        if rf == 0 {
+            c.err(file, rf_pos, "replication_factor must be at least 1");
+        } else if usize::from(rf) > brokers {
+            c.err(file, rf_pos, format!("replication_factor {rf} is larger than the number of brokers ({brokers})"));
+        }
+        if let Some(key) = t.config.keys().find(|k| matches!(k.as_str(), "replication.factor" | "num.partitions")) {
+            c.err(file, t.config[key].pos, format!("`{key}` is not a topic config; use the topic's replication_factor / partitions fields"));
+        }
+        let min_isr = u16_config(c, file, &t.config, "min.insync.replicas");
+        let (isr, isr_pos) = min_isr.unwrap_or((*defaults.min_insync_replicas, t.item.pos));
+        if min_isr.is_some() && isr == 0 {
+            c.err(file, isr_pos, "min.insync.replicas must be at least 1");
+        } else if rf > 1 && isr >= rf {
+            c.err(file, isr_pos, format!("min.insync.replicas {isr} must be less than the replication factor {rf}"));
+        }
+    }
+}
+
+fn check_users(c: &mut Checker<'_>) {
+    let model = c.model;
+    for (file, pos, first) in duplicates(model.users.iter().map(|u| (u.name.as_str().to_owned(), u.file.as_str(), u.name.pos))) {
+        c.err(file, pos, format!("duplicate user; first defined at {first}"));
+    }
+    for u in &model.users {
+        let file = u.file.as_str();
+        if !model.secrets.contains_key(&*u.password_secret) {
+            c.err(file, u.password_secret.pos, format!("secret {} does not exist (expected secrets/{}.age)", *u.password_secret, *u.password_secret));
+        }
+        for acl in &u.acls {
+            for op in &acl.operations {
+                if !op.applies_to(acl.resource) {
+                    c.err(file, op.pos, format!("operation {:?} does not apply to a {:?} resource", op.value, acl.resource));
+                }
+            }
+            if acl.operations.is_empty() {
+                c.err(file, acl.pos, "an ACL needs at least one operation");
+            }
+            if acl.resource == AclResource::Cluster && acl.name.as_str() != "*" {
+                c.err(file, acl.name.pos, "a cluster ACL has no name (leave it out, or use \"*\")");
+            }
+        }
+    }
+    let security = &model.cluster.security;
+    let must_exist = |c: &mut Checker<'_>, user: &Located<crate::types::UserName>, what: &str| {
+        if model.user(user).is_none() {
+            c.err(CLUSTER, user.pos, format!("{what} {} is not defined in users/", **user));
+        }
+    };
+    must_exist(c, &security.inter_broker_user, "security.inter_broker_user");
+    must_exist(c, &security.admin_user, "security.admin_user");
+    if model.nodes_with_role(Role::Connect).next().is_some() {
+        must_exist(c, &model.cluster.connect.user, "connect.user");
+    }
+    let iterations = &security.scram_iterations;
+    if !(4096..=16384).contains(&iterations.value) {
+        c.err(CLUSTER, iterations.pos, format!("scram_iterations {} is outside what Kafka accepts (4096 to 16384)", iterations.value));
+    }
+}
+
+fn check_connectors(c: &mut Checker<'_>) {
+    let model = c.model;
+    for (file, pos, first) in duplicates(model.connectors.iter().map(|k| (k.name.as_str().to_owned(), k.file.as_str(), k.name.pos))) {
+        c.err(file, pos, format!("duplicate connector; first defined at {first}"));
+    }
+    let has_connect = model.nodes_with_role(Role::Connect).next().is_some();
+    let class = PropertyKey::try_from("connector.class").unwrap_or_else(|_| unreachable!("valid key"));
+    let name_key = PropertyKey::try_from("name").unwrap_or_else(|_| unreachable!("valid key"));
+    for k in &model.connectors {
+        let file = k.file.as_str();
+        if !k.config.contains_key(&class) {
+            c.err(file, k.item.pos, format!("connector {} needs config.connector.class", *k.name));
+        }
+        if let Some(name) = k.config.get(&name_key)
+            && name.as_str() != k.name.as_str()
+        {
+            c.err(file, name.pos, format!("config.name {:?} differs from the connector's name {}", name.as_str(), *k.name));
+        }
+        if !has_connect {
+            c.err(file, k.name.pos, format!("connector {} is defined but nodes.yaml has no connect node to run it", *k.name));
+        }
+    }
+}
+
+/// Job names kraftops derives from the node list.
+pub const DERIVED_JOBS: &[&str] = &["prometheus", "alertmanager", "node", "kafka-broker", "kafka-controller", "kafka-connect", "kraftops-agent", "kraftops-coordinator", "grafana"];
+
+fn check_observability(c: &mut Checker<'_>) {
+    let model = c.model;
+    let obs = &model.cluster.observability;
+    for (_, pos, first) in duplicates(obs.scrape_extras.iter().map(|j| (j.job_name.as_str().to_owned(), CLUSTER, j.job_name.pos))) {
+        c.err(CLUSTER, pos, format!("duplicate scrape job; first defined at {first}"));
+    }
+    for job in &obs.scrape_extras {
+        if DERIVED_JOBS.contains(&job.job_name.as_str()) {
+            c.err(CLUSTER, job.job_name.pos, format!("scrape job {} is derived from nodes.yaml by kraftops; pick another name", *job.job_name));
+        }
+        if job.targets.is_empty() {
+            c.err(CLUSTER, job.job_name.pos, "a scrape job needs at least one target");
+        }
+        for t in &job.targets {
+            let ok = t.as_str().rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && !host.contains(' ') && port.parse::<u16>().is_ok_and(|p| p > 0));
+            if !ok {
+                c.err(CLUSTER, t.pos, format!("scrape target {:?} must be host:port", t.as_str()));
+            }
+        }
+    }
+    let am = &obs.alertmanager;
+    if am.receivers.is_empty() {
+        c.err(CLUSTER, model.cluster.name.pos, "observability.alertmanager.receivers must list at least one receiver");
+    }
+    for (_, pos, first) in duplicates(am.receivers.iter().map(|r| (r.name.as_str().to_owned(), CLUSTER, r.name.pos))) {
+        c.err(CLUSTER, pos, format!("duplicate receiver; first defined at {first}"));
+    }
+    for (i, r) in am.receivers.iter().enumerate() {
+        if i > 0 && r.matchers.is_empty() {
+            c.err(CLUSTER, r.name.pos, "every receiver after the first needs matchers (the first one is the default route)");
+        }
+    }
+    if let Some(secret) = &obs.grafana.admin_password_secret
+        && !model.secrets.contains_key(&**secret)
+    {
+        c.err(CLUSTER, secret.pos, format!("secret {} does not exist (expected secrets/{}.age)", **secret, **secret));
+    }
+    check_rules(c);
+    check_dashboards(c);
+}
+
+fn check_rules(c: &mut Checker<'_>) {
+    let model = c.model;
+    for rf in &model.rules {
+        let file = rf.file.as_str();
+        for (_, pos, first) in duplicates(rf.groups.iter().map(|g| (g.name.as_str().to_owned(), file, g.name.pos))) {
+            c.err(file, pos, format!("duplicate rule group; first defined at {first}"));
+        }
+        for g in &rf.groups {
+            if g.rules.is_empty() {
+                c.err(file, g.name.pos, "a rule group needs at least one rule");
+            }
+            for r in &g.rules {
+                match (&r.alert, &r.record) {
+                    (Some(_), Some(rec)) => c.err(file, rec.pos, "a rule is either an alert or a record, not both"),
+                    (None, None) => c.err(file, r.pos, "a rule needs `alert:` or `record:`"),
+                    (None, Some(rec)) if r.for_.is_some() || !r.annotations.is_empty() => {
+                        c.err(file, rec.pos, "a recording rule cannot have `for` or `annotations`");
+                    }
+                    _ => {}
+                }
+                if r.expr.trim().is_empty() {
+                    c.err(file, r.pos, "expr must not be empty");
+                }
+            }
+        }
+    }
+    let alerts = model
+        .rules
+        .iter()
+        .flat_map(|rf| rf.groups.iter().flat_map(move |g| g.rules.iter().filter_map(move |r| r.alert.as_ref().map(|a| (a.as_str().to_owned(), rf.file.as_str(), a.pos)))));
+    for (file, pos, first) in duplicates(alerts) {
+        c.err(file, pos, format!("duplicate alert name; first defined at {first}"));
+    }
+}
+
+/// The uid and name of the Prometheus datasource the observability role provisions.
+pub const DATASOURCE_UID: &str = "prometheus";
+pub const DATASOURCE_NAME: &str = "Prometheus";
+
+fn check_dashboards(c: &mut Checker<'_>) {
+    let model = c.model;
+    for (file, pos, first) in duplicates(model.dashboards.iter().map(|d| (d.uid.clone(), d.file.as_str(), d.position_of("\"uid\"")))) {
+        c.err(file, pos, format!("duplicate dashboard uid; first defined at {first}"));
+    }
+    for d in &model.dashboards {
+        let mut bad = BTreeSet::new();
+        collect_foreign_datasources(&d.json, &mut bad);
+        for uid in bad {
+            c.err(
+                &d.file,
+                d.position_of(&format!("\"{uid}\"")),
+                format!("datasource {uid:?} is not provisioned; refer to the Prometheus datasource by uid {DATASOURCE_UID:?} or name {DATASOURCE_NAME:?}"),
+            );
+        }
+    }
+}
+
+fn collect_foreign_datasources(v: &serde_json::Value, bad: &mut BTreeSet<String>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, child) in map {
+                if k == "datasource" {
+                    let reference = match child {
+                        serde_json::Value::String(s) => Some(s.as_str()),
+                        serde_json::Value::Object(o) => o.get("uid").and_then(|u| u.as_str()),
+                        _ => None,
+                    };
+                    if let Some(r) = reference
+                        && r != DATASOURCE_UID
+                        && r != DATASOURCE_NAME
+                        && !r.starts_with("${")
+                        && r != "-- Grafana --"
+                        && r != "grafana"
+                    {
+                        bad.insert(r.to_owned());
+                    }
+                }
+                collect_foreign_datasources(child, bad);
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|i| collect_foreign_datasources(i, bad)),
+        _ => {}
+    }
+}
+
+fn check_security(c: &mut Checker<'_>) {
+    let model = c.model;
+    let dist = &model.cluster.kafka.distribution;
+    if let Distribution::Tarball { sha512, sha512_url, .. } = &dist.value
+        && sha512.is_some() == sha512_url.is_some()
+    {
+        c.err(CLUSTER, dist.pos, "a tarball distribution needs exactly one of sha512 (the digest) or sha512_url (where the publisher's digest is)");
+    }
+    let ca = &model.cluster.security.ca;
+    if !model.secrets.contains_key(&*ca.key_secret) {
+        c.err(CLUSTER, ca.key_secret.pos, format!("secret {} does not exist (expected secrets/{}.age)", *ca.key_secret, *ca.key_secret));
+    }
+    if ca.renew_before.as_secs() >= ca.cert_validity.as_secs() {
+        c.err(CLUSTER, ca.renew_before.pos, format!("renew_before {} must be shorter than cert_validity {}", *ca.renew_before, *ca.cert_validity));
+    }
+}
