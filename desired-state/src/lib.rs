@@ -25,7 +25,7 @@ pub use load::{FileSet, load_dir, load_files};
 pub use located::{Located, Pos};
 pub use model::*;
 pub use secrets::{EncryptedSecret, Identity, SecretError, SecretValue};
-pub use validate::{CONNECT_MANAGED, SERVER_MANAGED, managed_key_reason};
+pub use validate::{CONNECT_MANAGED, DATASOURCE_NAME, DATASOURCE_UID, DERIVED_JOBS, SERVER_MANAGED, managed_key_reason, ports_of};
 
 use types::{Name, UserName};
 
