@@ -9,7 +9,11 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "kraftops-agent", version, about = "Run a Kafka cluster from a git repository")]
+#[command(
+    name = "kraftops-agent",
+    version,
+    about = "Run a Kafka cluster from a git repository"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -55,7 +59,11 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<ExitCode>
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return Ok(if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS });
+            return Ok(if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            });
         }
     };
     match cli.command {
@@ -99,13 +107,21 @@ fn render(args: &RenderArgs) -> anyhow::Result<ExitCode> {
             for d in &problems {
                 writeln!(stdout, "{d}")?;
             }
-            writeln!(stdout, "{} problem(s) found; nothing rendered", problems.len())?;
+            writeln!(
+                stdout,
+                "{} problem(s) found; nothing rendered",
+                problems.len()
+            )?;
             return Ok(ExitCode::from(1));
         }
     };
-    let identity_text = std::fs::read_to_string(&args.identity).with_context(|| format!("reading identity {}", args.identity.display()))?;
-    let identity = desired_state::Identity::parse(&identity_text).with_context(|| format!("parsing identity {}", args.identity.display()))?;
-    let secrets = model.decrypt_all(&identity).context("decrypting the repository's secrets")?;
+    let identity_text = std::fs::read_to_string(&args.identity)
+        .with_context(|| format!("reading identity {}", args.identity.display()))?;
+    let identity = desired_state::Identity::parse(&identity_text)
+        .with_context(|| format!("parsing identity {}", args.identity.display()))?;
+    let secrets = model
+        .decrypt_all(&identity)
+        .context("decrypting the repository's secrets")?;
     let plans = match &args.node {
         Some(node) => vec![roles::render(&model, node, &secrets)?],
         None => roles::render_all(&model, &secrets)?,
@@ -114,7 +130,14 @@ fn render(args: &RenderArgs) -> anyhow::Result<ExitCode> {
     for plan in &plans {
         let root = args.out.join(&plan.node);
         write_plan(&root, plan)?;
-        writeln!(stdout, "{}: {} files, {} units -> {}", plan.node, plan.files.len(), plan.units.len(), root.display())?;
+        writeln!(
+            stdout,
+            "{}: {} files, {} units -> {}",
+            plan.node,
+            plan.files.len(),
+            plan.units.len(),
+            root.display()
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -124,7 +147,9 @@ fn render(args: &RenderArgs) -> anyhow::Result<ExitCode> {
 /// atomic replace, no units started.
 fn write_plan(root: &Path, plan: &roles::Plan) -> anyhow::Result<()> {
     let place = |abs: &str| -> anyhow::Result<PathBuf> {
-        let rel = abs.strip_prefix('/').filter(|r| !r.split('/').any(|c| c == ".." || c.is_empty()));
+        let rel = abs
+            .strip_prefix('/')
+            .filter(|r| !r.split('/').any(|c| c == ".." || c.is_empty()));
         match rel {
             Some(rel) => Ok(root.join(rel)),
             None => bail!("refusing to write {abs:?}: not a clean absolute path"),
@@ -132,7 +157,8 @@ fn write_plan(root: &Path, plan: &roles::Plan) -> anyhow::Result<()> {
     };
     let write = |path: PathBuf, bytes: &[u8]| -> anyhow::Result<()> {
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
         }
         std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))
     };
@@ -142,11 +168,15 @@ fn write_plan(root: &Path, plan: &roles::Plan) -> anyhow::Result<()> {
         {
             use std::os::unix::fs::PermissionsExt as _;
             let path = place(&file.path)?;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(file.mode)).with_context(|| format!("chmod {}", path.display()))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(file.mode))
+                .with_context(|| format!("chmod {}", path.display()))?;
         }
     }
     for unit in &plan.units {
-        write(place(&format!("/etc/systemd/system/{}", unit.name))?, unit.contents.as_bytes())?;
+        write(
+            place(&format!("/etc/systemd/system/{}", unit.name))?,
+            unit.contents.as_bytes(),
+        )?;
     }
     let json = serde_json::to_string_pretty(plan).context("serializing the plan")?;
     write(root.join("plan.json"), format!("{json}\n").as_bytes())

@@ -37,7 +37,11 @@ impl Diagnostic {
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.pos {
-            Some(pos) => write!(f, "{}:{}:{}: {}", self.file, pos.line, pos.column, self.message),
+            Some(pos) => write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file, pos.line, pos.column, self.message
+            ),
             None => write!(f, "{}: {}", self.file, self.message),
         }
     }
@@ -67,7 +71,11 @@ impl Diagnostics {
 impl fmt::Display for Diagnostics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0.len();
-        write!(f, "{n} problem{} in the desired-state repository", if n == 1 { "" } else { "s" })?;
+        write!(
+            f,
+            "{n} problem{} in the desired-state repository",
+            if n == 1 { "" } else { "s" }
+        )?;
         for d in &self.0 {
             write!(f, "\n  {d}")?;
         }

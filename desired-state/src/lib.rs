@@ -25,7 +25,10 @@ pub use load::{FileSet, load_dir, load_files};
 pub use located::{Located, Pos};
 pub use model::*;
 pub use secrets::{EncryptedSecret, Identity, SecretError, SecretValue};
-pub use validate::{CONNECT_MANAGED, DATASOURCE_NAME, DATASOURCE_UID, DERIVED_JOBS, SERVER_MANAGED, managed_key_reason, ports_of};
+pub use validate::{
+    CONNECT_MANAGED, DATASOURCE_NAME, DATASOURCE_UID, DERIVED_JOBS, SERVER_MANAGED,
+    managed_key_reason, ports_of,
+};
 
 use types::{Name, UserName};
 
@@ -69,8 +72,16 @@ impl Dashboard {
         })?;
         let field = |key: &str| -> Result<String, Diagnostic> {
             match json.get(key) {
-                Some(serde_json::Value::String(s)) if !s.is_empty() && !s.chars().any(char::is_control) => Ok(s.clone()),
-                _ => Err(Diagnostic::at(file, Pos { line: 1, column: 1 }, format!("a dashboard needs a non-empty single-line string `{key}`"))),
+                Some(serde_json::Value::String(s))
+                    if !s.is_empty() && !s.chars().any(char::is_control) =>
+                {
+                    Ok(s.clone())
+                }
+                _ => Err(Diagnostic::at(
+                    file,
+                    Pos { line: 1, column: 1 },
+                    format!("a dashboard needs a non-empty single-line string `{key}`"),
+                )),
             }
         };
         let uid = field("uid")?;
@@ -118,12 +129,18 @@ pub struct Model {
 
 impl Model {
     pub fn node(&self, name: &str) -> Option<&Node> {
-        self.nodes.iter().map(|n| &n.value).find(|n| n.name.as_str() == name)
+        self.nodes
+            .iter()
+            .map(|n| &n.value)
+            .find(|n| n.name.as_str() == name)
     }
 
     /// Nodes of one role, in the order of `nodes.yaml`.
     pub fn nodes_with_role(&self, role: Role) -> impl Iterator<Item = &Node> {
-        self.nodes.iter().map(|n| &n.value).filter(move |n| *n.role == role)
+        self.nodes
+            .iter()
+            .map(|n| &n.value)
+            .filter(move |n| *n.role == role)
     }
 
     pub fn brokers(&self) -> impl Iterator<Item = &Node> {
@@ -136,29 +153,45 @@ impl Model {
 
     /// The node's host name: `<name>.<domain>`.
     pub fn fqdn(&self, node: &Node) -> String {
-        format!("{}.{}", node.name.as_str(), self.cluster.network.domain.as_str())
+        format!(
+            "{}.{}",
+            node.name.as_str(),
+            self.cluster.network.domain.as_str()
+        )
     }
 
     pub fn user(&self, name: &UserName) -> Option<&User> {
-        self.users.iter().map(|u| &u.item.value).find(|u| *u.name == *name)
+        self.users
+            .iter()
+            .map(|u| &u.item.value)
+            .find(|u| *u.name == *name)
     }
 
     /// The secret a user's password is stored in.
     pub fn password_secret(&self, user: &UserName) -> Option<&EncryptedSecret> {
-        self.user(user).and_then(|u| self.secrets.get(&*u.password_secret))
+        self.user(user)
+            .and_then(|u| self.secrets.get(&*u.password_secret))
     }
 
     /// Decrypts the named secret.
     pub fn decrypt(&self, name: &Name, identity: &Identity) -> Result<SecretValue, SecretError> {
         self.secrets
             .get(name)
-            .ok_or_else(|| SecretError::Unknown { name: name.to_string() })?
+            .ok_or_else(|| SecretError::Unknown {
+                name: name.to_string(),
+            })?
             .decrypt(identity)
     }
 
     /// Decrypts every secret. The renderer takes the result, so rendering
     /// itself stays a pure function of the model and these values.
-    pub fn decrypt_all(&self, identity: &Identity) -> Result<BTreeMap<Name, SecretValue>, SecretError> {
-        self.secrets.iter().map(|(name, s)| Ok((name.clone(), s.decrypt(identity)?))).collect()
+    pub fn decrypt_all(
+        &self,
+        identity: &Identity,
+    ) -> Result<BTreeMap<Name, SecretValue>, SecretError> {
+        self.secrets
+            .iter()
+            .map(|(name, s)| Ok((name.clone(), s.decrypt(identity)?)))
+            .collect()
     }
 }

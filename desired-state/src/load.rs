@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, IgnoredAny};
 
 use crate::diagnostic::{Diagnostic, Diagnostics};
 use crate::located::{Located, Pos};
@@ -41,7 +41,13 @@ pub fn load_dir(root: &Path) -> Result<Model, Diagnostics> {
         let path = root.join(&rel);
         match std::fs::metadata(&path) {
             Ok(meta) if meta.len() > MAX_FILE_BYTES => {
-                problems.push(Diagnostic::file(&rel, format!("file is {} bytes; the limit is {MAX_FILE_BYTES}", meta.len())));
+                problems.push(Diagnostic::file(
+                    &rel,
+                    format!(
+                        "file is {} bytes; the limit is {MAX_FILE_BYTES}",
+                        meta.len()
+                    ),
+                ));
             }
             Ok(_) => match std::fs::read(&path) {
                 Ok(bytes) => {
@@ -54,13 +60,18 @@ pub fn load_dir(root: &Path) -> Result<Model, Diagnostics> {
         }
     };
     if !root.is_dir() {
-        return Err(Diagnostics(vec![Diagnostic::file(root.display().to_string(), "is not a directory")]));
+        return Err(Diagnostics(vec![Diagnostic::file(
+            root.display().to_string(),
+            "is not a directory",
+        )]));
     }
     for top in ["cluster.yaml", "nodes.yaml"] {
         read(top.to_owned(), &mut files);
     }
     for (dir, _) in DIRS {
-        let Ok(entries) = std::fs::read_dir(root.join(dir)) else { continue };
+        let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
+            continue;
+        };
         let mut names: Vec<String> = entries
             .filter_map(Result::ok)
             .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
@@ -78,7 +89,10 @@ pub fn load_dir(root: &Path) -> Result<Model, Diagnostics> {
         && let Ok(text) = std::str::from_utf8(bytes)
         && let Ok(cluster) = parse::<ClusterFile>("cluster.yaml", text)
     {
-        read(cluster.security.ca.certificate.value.as_str().to_owned(), &mut files);
+        read(
+            cluster.security.ca.certificate.value.as_str().to_owned(),
+            &mut files,
+        );
     }
     match load_files(&files) {
         Ok(model) if problems.is_empty() => Ok(model),
@@ -93,28 +107,171 @@ pub fn load_dir(root: &Path) -> Result<Model, Diagnostics> {
 /// Parses one YAML file into `T`, turning the parser's error into a
 /// diagnostic at its line and column.
 fn parse<T: DeserializeOwned>(file: &str, text: &str) -> Result<T, Diagnostic> {
-    let options = serde_saphyr::options! {
-        with_snippet: false,
-    };
-    serde_saphyr::from_str_with_options::<T>(text, options).map_err(|e| {
-        let e = e.without_snippet();
-        let message = e.to_string();
-        match e.location() {
-            Some(loc) => {
-                let suffix = format!(" at line {}, column {}", loc.line(), loc.column());
-                let message = message.strip_suffix(&suffix).unwrap_or(&message).to_owned();
-                Diagnostic::at(file, Pos { line: loc.line(), column: loc.column() }, message)
-            }
-            None => Diagnostic::file(file, message),
+    let options = || {
+        serde_saphyr::options! {
+            with_snippet: false,
         }
+    };
+    serde_saphyr::from_str_with_options::<T>(text, options()).map_err(|e| {
+        // The typed parse reads the document as a stream and may stop at a
+        // consequence of a syntax error (a mapping cut short by a bad indent
+        // is "missing field"); report the syntax error itself when there is one.
+        let syntax = serde_saphyr::from_str_with_options::<IgnoredAny>(text, options()).err();
+        diagnostic(file, text, syntax.as_ref().unwrap_or(&e))
     })
+}
+
+fn diagnostic(file: &str, text: &str, e: &serde_saphyr::Error) -> Diagnostic {
+    let e = e.without_snippet();
+    let Some(loc) = e.location() else {
+        return Diagnostic::file(file, e.to_string());
+    };
+    let pos = Pos {
+        line: loc.line(),
+        column: loc.column(),
+    };
+    let message = match e {
+        serde_saphyr::Error::InvalidScalar { ty, .. } => invalid_scalar(ty, scalar_at(text, pos)),
+        _ => {
+            let message = e.to_string();
+            let suffix = format!(" at line {}, column {}", loc.line(), loc.column());
+            let message = message.strip_suffix(&suffix).unwrap_or(&message).to_owned();
+            match (e, unclosed_flow(text, pos)) {
+                (serde_saphyr::Error::ExternalMessage { .. }, Some((bracket, open)))
+                    if open.line < pos.line =>
+                {
+                    format!("{message}; the `{bracket}` at {open} is still open here")
+                }
+                _ => message,
+            }
+        }
+    };
+    Diagnostic::at(file, pos, message)
+}
+
+/// What a scalar of Rust type `ty` should have looked like.
+fn invalid_scalar(ty: &str, found: &str) -> String {
+    let expected = match ty {
+        "u8" => format!("a whole number from 0 to {}", u8::MAX),
+        "u16" => format!("a whole number from 0 to {}", u16::MAX),
+        "u32" => format!("a whole number from 0 to {}", u32::MAX),
+        "u64" => format!("a whole number from 0 to {}", u64::MAX),
+        "i8" | "i16" | "i32" | "i64" => "a whole number".to_owned(),
+        "bool" | "boolean" => "true or false".to_owned(),
+        "f32" | "f64" => "a number".to_owned(),
+        other => format!("a {other}"),
+    };
+    format!("expected {expected}, found `{found}`")
+}
+
+/// The scalar that starts at `pos`, as written (quotes included).
+fn scalar_at(text: &str, pos: Pos) -> &str {
+    let Some(line) = text.lines().nth(pos.line.saturating_sub(1) as usize) else {
+        return "";
+    };
+    let start = line
+        .char_indices()
+        .nth(pos.column.saturating_sub(1) as usize)
+        .map_or(line.len(), |(i, _)| i);
+    let rest = &line[start..];
+    let end = match rest.chars().next() {
+        Some(q @ ('"' | '\'')) => rest[1..].find(q).map_or(rest.len(), |i| i + 2),
+        _ => rest
+            .find([',', ']', '}'])
+            .or_else(|| rest.find(" #"))
+            .unwrap_or(rest.len()),
+    };
+    rest[..end].trim_end()
+}
+
+/// The innermost flow collection (`[` or `{`) still open at `at`, with where
+/// it was opened. A syntax error inside one is found where the parser gives
+/// up, often lines below the bracket that was never closed. A heuristic for
+/// a hint only: it knows quotes, comments and block scalars, not all of YAML.
+fn unclosed_flow(text: &str, at: Pos) -> Option<(char, Pos)> {
+    let mut open: Vec<(char, Pos)> = Vec::new();
+    // While inside a block scalar (`|` or `>`): the indentation of its key.
+    let mut block_scalar: Option<usize> = None;
+    for (index, line) in text.lines().enumerate().take(at.line as usize) {
+        let line_no = index as u64 + 1;
+        let indent = line.len() - line.trim_start().len();
+        if let Some(key_indent) = block_scalar {
+            if line.trim().is_empty() || indent > key_indent {
+                continue;
+            }
+            block_scalar = None;
+        }
+        let mut value_start = true;
+        let mut quote: Option<char> = None;
+        let mut prev = ' ';
+        let mut chars = line.chars().enumerate().peekable();
+        while let Some((i, c)) = chars.next() {
+            let column = i as u64 + 1;
+            if line_no == at.line && column >= at.column {
+                break;
+            }
+            if let Some(q) = quote {
+                match c {
+                    '\\' if q == '"' => {
+                        chars.next();
+                    }
+                    c if c == q => quote = None,
+                    _ => {}
+                }
+                prev = c;
+                continue;
+            }
+            let flow = !open.is_empty();
+            match c {
+                '#' if prev == ' ' || i == 0 => break,
+                '"' | '\'' if value_start => quote = Some(c),
+                '[' | '{' if value_start || flow => {
+                    open.push((
+                        c,
+                        Pos {
+                            line: line_no,
+                            column,
+                        },
+                    ));
+                    value_start = true;
+                }
+                ']' | '}' if flow => {
+                    open.pop();
+                }
+                ',' if flow => value_start = true,
+                ':' | '-' if chars.peek().is_none_or(|(_, n)| *n == ' ') => value_start = true,
+                '|' | '>' if value_start && !flow => {
+                    let rest: String = chars.by_ref().map(|(_, c)| c).collect();
+                    if rest.trim_start().is_empty()
+                        || rest.trim_start().starts_with('#')
+                        || rest
+                            .chars()
+                            .all(|c| c.is_ascii_digit() || matches!(c, '+' | '-' | ' '))
+                    {
+                        block_scalar = Some(indent);
+                    }
+                    break;
+                }
+                ' ' | '\t' => {}
+                _ => value_start = false,
+            }
+            prev = c;
+        }
+    }
+    open.pop()
 }
 
 fn text<'a>(file: &str, bytes: &'a [u8], problems: &mut Vec<Diagnostic>) -> Option<&'a str> {
     match std::str::from_utf8(bytes) {
         Ok(t) => Some(t),
         Err(e) => {
-            problems.push(Diagnostic::file(file, format!("is not UTF-8 text (invalid byte at offset {})", e.valid_up_to())));
+            problems.push(Diagnostic::file(
+                file,
+                format!(
+                    "is not UTF-8 text (invalid byte at offset {})",
+                    e.valid_up_to()
+                ),
+            ));
             None
         }
     }
@@ -129,7 +286,10 @@ pub fn load_files(files: &FileSet) -> Result<Model, Diagnostics> {
     let required = |name: &str, problems: &mut Vec<Diagnostic>| -> Option<String> {
         match files.get(name) {
             None => {
-                problems.push(Diagnostic::file(name, "is missing; every desired-state repository has one"));
+                problems.push(Diagnostic::file(
+                    name,
+                    "is missing; every desired-state repository has one",
+                ));
                 None
             }
             Some(bytes) => text(name, bytes, problems).map(str::to_owned),
@@ -137,8 +297,16 @@ pub fn load_files(files: &FileSet) -> Result<Model, Diagnostics> {
     };
     let cluster_text = required("cluster.yaml", &mut problems);
     let nodes_text = required("nodes.yaml", &mut problems);
-    let cluster = cluster_text.and_then(|t| parse::<ClusterFile>("cluster.yaml", &t).map_err(|d| problems.push(d)).ok());
-    let nodes = nodes_text.and_then(|t| parse::<NodesFile>("nodes.yaml", &t).map_err(|d| problems.push(d)).ok());
+    let cluster = cluster_text.as_deref().and_then(|t| {
+        parse::<ClusterFile>("cluster.yaml", t)
+            .map_err(|d| problems.push(d))
+            .ok()
+    });
+    let nodes = nodes_text.and_then(|t| {
+        parse::<NodesFile>("nodes.yaml", &t)
+            .map_err(|d| problems.push(d))
+            .ok()
+    });
 
     let mut topics = Vec::new();
     let mut users = Vec::new();
@@ -146,13 +314,20 @@ pub fn load_files(files: &FileSet) -> Result<Model, Diagnostics> {
     let mut rules = Vec::new();
     let mut dashboards = Vec::new();
     let mut secrets = BTreeMap::new();
+    let mut notes = validate::LoadNotes::default();
 
     for (path, bytes) in files {
-        let Some((dir, ext)) = DIRS.iter().find(|(dir, _)| path.strip_prefix(dir).is_some_and(|rest| rest.starts_with('/') && !rest[1..].contains('/'))) else {
+        let Some((dir, ext)) = DIRS.iter().find(|(dir, _)| {
+            path.strip_prefix(dir)
+                .is_some_and(|rest| rest.starts_with('/') && !rest[1..].contains('/'))
+        }) else {
             continue;
         };
         if !path.ends_with(ext) {
-            problems.push(Diagnostic::file(path, format!("unexpected file in {dir}/: only *{ext} files belong here")));
+            problems.push(Diagnostic::file(
+                path,
+                format!("unexpected file in {dir}/: only *{ext} files belong here"),
+            ));
             continue;
         }
         if *dir == "secrets" {
@@ -163,27 +338,48 @@ pub fn load_files(files: &FileSet) -> Result<Model, Diagnostics> {
                     Ok(s) => {
                         secrets.insert(name, s);
                     }
-                    Err(e) => problems.push(Diagnostic::file(path, format!("{}", ErrorTail(&e)))),
+                    Err(e) => {
+                        problems.push(Diagnostic::file(path, format!("{}", ErrorTail(&e))));
+                        notes.broken_secrets.insert(name);
+                    }
                 },
             }
             continue;
         }
-        let Some(text) = text(path, bytes, &mut problems) else { continue };
+        let Some(text) = text(path, bytes, &mut problems) else {
+            notes.users_incomplete |= *dir == "users";
+            continue;
+        };
         match *dir {
             "topics" => match parse::<TopicsFile>(path, text) {
-                Ok(f) => topics.extend(f.topics.into_iter().map(|item| InFile { file: path.clone(), item })),
+                Ok(f) => topics.extend(f.topics.into_iter().map(|item| InFile {
+                    file: path.clone(),
+                    item,
+                })),
                 Err(d) => problems.push(d),
             },
             "users" => match parse::<UsersFile>(path, text) {
-                Ok(f) => users.extend(f.users.into_iter().map(|item| InFile { file: path.clone(), item })),
-                Err(d) => problems.push(d),
+                Ok(f) => users.extend(f.users.into_iter().map(|item| InFile {
+                    file: path.clone(),
+                    item,
+                })),
+                Err(d) => {
+                    problems.push(d);
+                    notes.users_incomplete = true;
+                }
             },
             "connectors" => match parse::<ConnectorsFile>(path, text) {
-                Ok(f) => connectors.extend(f.connectors.into_iter().map(|item| InFile { file: path.clone(), item })),
+                Ok(f) => connectors.extend(f.connectors.into_iter().map(|item| InFile {
+                    file: path.clone(),
+                    item,
+                })),
                 Err(d) => problems.push(d),
             },
             "observability/rules" => match parse::<RulesFile>(path, text) {
-                Ok(f) => rules.push(InFile { file: path.clone(), item: Located::unplaced(f) }),
+                Ok(f) => rules.push(InFile {
+                    file: path.clone(),
+                    item: Located::unplaced(f),
+                }),
                 Err(d) => problems.push(d),
             },
             "observability/dashboards" => match Dashboard::parse(path, text) {
@@ -194,9 +390,10 @@ pub fn load_files(files: &FileSet) -> Result<Model, Diagnostics> {
         }
     }
 
-    let (Some(cluster), Some(nodes)) = (cluster, nodes) else {
+    let (Some(cluster), Some(nodes), Some(cluster_text)) = (cluster, nodes, cluster_text) else {
         return Err(Diagnostics(problems).sorted());
     };
+    notes.port_positions = port_positions(&cluster_text);
     let ca_path = cluster.security.ca.certificate.value.as_str().to_owned();
     let ca_certificate = match files.get(&ca_path) {
         None => {
@@ -208,9 +405,17 @@ pub fn load_files(files: &FileSet) -> Result<Model, Diagnostics> {
             String::new()
         }
         Some(bytes) => match std::str::from_utf8(bytes) {
-            Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") && pem.contains("-----END CERTIFICATE-----") => pem.to_owned(),
+            Ok(pem)
+                if pem.contains("-----BEGIN CERTIFICATE-----")
+                    && pem.contains("-----END CERTIFICATE-----") =>
+            {
+                pem.to_owned()
+            }
             _ => {
-                problems.push(Diagnostic::file(&ca_path, "is not a PEM certificate (expected -----BEGIN CERTIFICATE-----)"));
+                problems.push(Diagnostic::file(
+                    &ca_path,
+                    "is not a PEM certificate (expected -----BEGIN CERTIFICATE-----)",
+                ));
                 String::new()
             }
         },
@@ -227,8 +432,26 @@ pub fn load_files(files: &FileSet) -> Result<Model, Diagnostics> {
         secrets,
         ca_certificate,
     };
-    problems.extend(validate::validate(&model));
-    if problems.is_empty() { Ok(model) } else { Err(Diagnostics(problems).sorted()) }
+    problems.extend(validate::validate(&model, &notes));
+    if problems.is_empty() {
+        Ok(model)
+    } else {
+        Err(Diagnostics(problems).sorted())
+    }
+}
+
+/// Where each key under `ports:` in cluster.yaml is: [`Ports`] keeps no
+/// positions, but a port collision should point at the port that was set.
+fn port_positions(cluster_text: &str) -> BTreeMap<String, Pos> {
+    #[derive(serde::Deserialize)]
+    struct PortsOnly {
+        #[serde(default)]
+        ports: BTreeMap<String, Located<IgnoredAny>>,
+    }
+    serde_saphyr::from_str::<PortsOnly>(cluster_text).map_or_else(
+        |_| BTreeMap::new(),
+        |p| p.ports.into_iter().map(|(k, v)| (k, v.pos)).collect(),
+    )
 }
 
 /// Displays an error's own message without repeating the file name that

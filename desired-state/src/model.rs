@@ -411,7 +411,7 @@ pub struct ScrapeJob {
     #[serde(default)]
     pub metrics_path: Option<AbsPath>,
     #[serde(default)]
-    pub labels: BTreeMap<PropertyKey, SingleLine>,
+    pub labels: BTreeMap<LabelName, SingleLine>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
@@ -446,7 +446,7 @@ pub struct Receiver {
     /// Only alerts whose labels match all of these go to this receiver
     /// (the first receiver takes everything else).
     #[serde(default)]
-    pub matchers: BTreeMap<PropertyKey, SingleLine>,
+    pub matchers: BTreeMap<LabelName, SingleLine>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
@@ -525,7 +525,9 @@ pub struct NodesFile {
     pub nodes: Vec<Located<Node>>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     Controller,
@@ -635,14 +637,18 @@ pub struct Acl {
 }
 
 fn acl_wildcard() -> Located<AclResourceName> {
-    AclResourceName::try_from("*").unwrap_or_else(|_| unreachable!("* is valid")).into()
+    AclResourceName::try_from("*")
+        .unwrap_or_else(|_| unreachable!("* is valid"))
+        .into()
 }
 
 fn acl_any_host() -> SingleLine {
     SingleLine::try_from("*").unwrap_or_else(|_| unreachable!("* is valid"))
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum AclResource {
     Topic,
@@ -651,7 +657,20 @@ pub enum AclResource {
     TransactionalId,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum AclPattern {
     #[default]
@@ -659,7 +678,9 @@ pub enum AclPattern {
     Prefixed,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum AclOperation {
     All,
@@ -680,15 +701,47 @@ impl AclOperation {
     pub fn applies_to(self, resource: AclResource) -> bool {
         use AclOperation::*;
         match resource {
-            AclResource::Topic => matches!(self, All | Read | Write | Create | Delete | Alter | Describe | DescribeConfigs | AlterConfigs),
+            AclResource::Topic => matches!(
+                self,
+                All | Read
+                    | Write
+                    | Create
+                    | Delete
+                    | Alter
+                    | Describe
+                    | DescribeConfigs
+                    | AlterConfigs
+            ),
             AclResource::Group => matches!(self, All | Read | Delete | Describe),
-            AclResource::Cluster => matches!(self, All | Create | Alter | Describe | ClusterAction | DescribeConfigs | AlterConfigs | IdempotentWrite),
+            AclResource::Cluster => matches!(
+                self,
+                All | Create
+                    | Alter
+                    | Describe
+                    | ClusterAction
+                    | DescribeConfigs
+                    | AlterConfigs
+                    | IdempotentWrite
+            ),
             AclResource::TransactionalId => matches!(self, All | Write | Describe),
         }
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum AclPermission {
     #[default]
@@ -753,7 +806,7 @@ pub struct Rule {
     #[serde(default, rename = "for", skip_serializing_if = "Option::is_none")]
     pub for_: Option<Duration>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<PropertyKey, SingleLine>,
+    pub labels: BTreeMap<LabelName, SingleLine>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub annotations: BTreeMap<PropertyKey, String>,
+    pub annotations: BTreeMap<LabelName, String>,
 }

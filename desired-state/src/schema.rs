@@ -13,15 +13,22 @@ pub fn all() -> Vec<(&'static str, String)> {
         ("nodes.schema.json", render::<NodesFile>("nodes.yaml")),
         ("topics.schema.json", render::<TopicsFile>("topics/*.yaml")),
         ("users.schema.json", render::<UsersFile>("users/*.yaml")),
-        ("connectors.schema.json", render::<ConnectorsFile>("connectors/*.yaml")),
-        ("rules.schema.json", render::<RulesFile>("observability/rules/*.yaml")),
+        (
+            "connectors.schema.json",
+            render::<ConnectorsFile>("connectors/*.yaml"),
+        ),
+        (
+            "rules.schema.json",
+            render::<RulesFile>("observability/rules/*.yaml"),
+        ),
     ]
 }
 
 fn render<T: JsonSchema>(title: &str) -> String {
     let mut schema = schemars::schema_for!(T);
     schema.insert("title".to_owned(), format!("kraftops {title}").into());
-    let mut text = serde_json::to_string_pretty(&schema).unwrap_or_else(|e| unreachable!("a schema always serializes: {e}"));
+    let mut text = serde_json::to_string_pretty(&schema)
+        .unwrap_or_else(|e| unreachable!("a schema always serializes: {e}"));
     text.push('\n');
     text
 }

@@ -18,7 +18,12 @@ pub struct EncryptedSecret {
 
 impl fmt::Debug for EncryptedSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "EncryptedSecret({}, {} bytes)", self.file, self.ciphertext.len())
+        write!(
+            f,
+            "EncryptedSecret({}, {} bytes)",
+            self.file,
+            self.ciphertext.len()
+        )
     }
 }
 
@@ -70,10 +75,11 @@ impl EncryptedSecret {
     /// value must be one line, [`SecretValue::single_line`] checks it.
     pub fn decrypt(&self, identity: &Identity) -> Result<SecretValue, SecretError> {
         let reader = age::armor::ArmoredReader::new(self.ciphertext.as_slice());
-        let decryptor = age::Decryptor::new_buffered(reader).map_err(|source| SecretError::NotAgeFile {
-            file: self.file.clone(),
-            source,
-        })?;
+        let decryptor =
+            age::Decryptor::new_buffered(reader).map_err(|source| SecretError::NotAgeFile {
+                file: self.file.clone(),
+                source,
+            })?;
         let mut stream = decryptor
             .decrypt(identity.keys.iter().map(|k| k as &dyn age::Identity))
             .map_err(|source| SecretError::Decrypt {
@@ -81,11 +87,15 @@ impl EncryptedSecret {
                 source,
             })?;
         let mut bytes = Vec::new();
-        stream.read_to_end(&mut bytes).map_err(|source| SecretError::Read {
+        stream
+            .read_to_end(&mut bytes)
+            .map_err(|source| SecretError::Read {
+                file: self.file.clone(),
+                source,
+            })?;
+        let mut text = String::from_utf8(bytes).map_err(|_| SecretError::NotText {
             file: self.file.clone(),
-            source,
         })?;
-        let mut text = String::from_utf8(bytes).map_err(|_| SecretError::NotText { file: self.file.clone() })?;
         if text.ends_with('\n') {
             text.pop();
             if text.ends_with('\r') {
@@ -97,18 +107,36 @@ impl EncryptedSecret {
 
     /// Encrypts `plaintext` to `recipients` as an armored age file, the form
     /// kept in git.
-    pub fn encrypt(file: impl Into<String>, plaintext: &str, recipients: &[age::x25519::Recipient]) -> Result<Self, SecretError> {
+    pub fn encrypt(
+        file: impl Into<String>,
+        plaintext: &str,
+        recipients: &[age::x25519::Recipient],
+    ) -> Result<Self, SecretError> {
         let file = file.into();
-        let recipients: Vec<&dyn age::Recipient> = recipients.iter().map(|r| r as &dyn age::Recipient).collect();
+        let recipients: Vec<&dyn age::Recipient> = recipients
+            .iter()
+            .map(|r| r as &dyn age::Recipient)
+            .collect();
         let encryptor = age::Encryptor::with_recipients(recipients.into_iter())
             .map_err(|e| SecretError::Identity(format!("cannot encrypt {file}: {e}")))?;
         let mut out = Vec::new();
-        let io = |e: std::io::Error| SecretError::Read { file: file.clone(), source: e };
-        let armored = age::armor::ArmoredWriter::wrap_output(&mut out, age::armor::Format::AsciiArmor).map_err(io)?;
+        let io = |e: std::io::Error| SecretError::Read {
+            file: file.clone(),
+            source: e,
+        };
+        let armored =
+            age::armor::ArmoredWriter::wrap_output(&mut out, age::armor::Format::AsciiArmor)
+                .map_err(io)?;
         let mut writer = encryptor.wrap_output(armored).map_err(io)?;
         std::io::Write::write_all(&mut writer, plaintext.as_bytes()).map_err(io)?;
-        writer.finish().and_then(|armor| armor.finish()).map_err(io)?;
-        Ok(Self { file, ciphertext: out })
+        writer
+            .finish()
+            .and_then(|armor| armor.finish())
+            .map_err(io)?;
+        Ok(Self {
+            file,
+            ciphertext: out,
+        })
     }
 
     /// The armored ciphertext, as it is stored in git.
@@ -138,19 +166,25 @@ impl Identity {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let key = age::x25519::Identity::from_str(line)
-                .map_err(|_| SecretError::Identity(format!("line {}: not an AGE-SECRET-KEY-1… identity", i + 1)))?;
+            let key = age::x25519::Identity::from_str(line).map_err(|_| {
+                SecretError::Identity(format!("line {}: not an AGE-SECRET-KEY-1… identity", i + 1))
+            })?;
             keys.push(key);
         }
         if keys.is_empty() {
-            return Err(SecretError::Identity("no AGE-SECRET-KEY-1… line found".to_owned()));
+            return Err(SecretError::Identity(
+                "no AGE-SECRET-KEY-1… line found".to_owned(),
+            ));
         }
         Ok(Self { keys })
     }
 
     /// The public recipients of these identities (`age1…`).
     pub fn recipients(&self) -> Vec<age::x25519::Recipient> {
-        self.keys.iter().map(age::x25519::Identity::to_public).collect()
+        self.keys
+            .iter()
+            .map(age::x25519::Identity::to_public)
+            .collect()
     }
 }
 
@@ -171,7 +205,9 @@ impl SecretValue {
     /// which are written into properties files). `name` is for the error.
     pub fn single_line(&self, name: &str) -> Result<&str, SecretError> {
         if self.0.is_empty() || self.0.chars().any(char::is_control) {
-            Err(SecretError::NotSingleLine { name: name.to_owned() })
+            Err(SecretError::NotSingleLine {
+                name: name.to_owned(),
+            })
         } else {
             Ok(&self.0)
         }
@@ -199,12 +235,20 @@ mod tests {
     #[test]
     fn round_trip_and_redaction() {
         let id = Identity::parse(&format!("# example\n{KEY}\n")).expect("identity parses");
-        let secret = EncryptedSecret::encrypt("secrets/x.age", "s3cr3t\n", &id.recipients()).expect("encrypts");
-        assert!(String::from_utf8_lossy(secret.ciphertext()).starts_with("-----BEGIN AGE ENCRYPTED FILE-----"));
-        let reparsed = EncryptedSecret::parse("secrets/x.age", secret.ciphertext().to_vec()).expect("is an age file");
+        let secret = EncryptedSecret::encrypt("secrets/x.age", "s3cr3t\n", &id.recipients())
+            .expect("encrypts");
+        assert!(
+            String::from_utf8_lossy(secret.ciphertext())
+                .starts_with("-----BEGIN AGE ENCRYPTED FILE-----")
+        );
+        let reparsed = EncryptedSecret::parse("secrets/x.age", secret.ciphertext().to_vec())
+            .expect("is an age file");
         let value = reparsed.decrypt(&id).expect("decrypts");
         assert_eq!(value.expose(), "s3cr3t");
-        assert_eq!(format!("{value:?} {value}"), "SecretValue(<redacted>) <redacted>");
+        assert_eq!(
+            format!("{value:?} {value}"),
+            "SecretValue(<redacted>) <redacted>"
+        );
         assert!(!format!("{id:?}").contains("AGE-SECRET"));
     }
 
@@ -212,10 +256,12 @@ mod tests {
     fn wrong_identity_and_garbage_are_errors() {
         let id = Identity::parse(KEY).expect("identity parses");
         let other = age::x25519::Identity::generate();
-        let secret = EncryptedSecret::encrypt("secrets/x.age", "v", &[other.to_public()]).expect("encrypts");
+        let secret =
+            EncryptedSecret::encrypt("secrets/x.age", "v", &[other.to_public()]).expect("encrypts");
         let err = secret.decrypt(&id).expect_err("wrong key");
         assert!(err.to_string().contains("cannot be decrypted"), "{err}");
-        let err = EncryptedSecret::parse("secrets/y.age", b"plaintext password".to_vec()).expect_err("not age");
+        let err = EncryptedSecret::parse("secrets/y.age", b"plaintext password".to_vec())
+            .expect_err("not age");
         assert_eq!(err.to_string(), "secrets/y.age: not an age-encrypted file");
         assert!(Identity::parse("nonsense").is_err());
     }
@@ -223,10 +269,14 @@ mod tests {
     #[test]
     fn multi_line_secret_refused() {
         let id = Identity::parse(KEY).expect("identity parses");
-        let secret = EncryptedSecret::encrypt("secrets/x.age", "a\nb", &id.recipients()).expect("encrypts");
+        let secret =
+            EncryptedSecret::encrypt("secrets/x.age", "a\nb", &id.recipients()).expect("encrypts");
         let value = secret.decrypt(&id).expect("multi-line values decrypt");
         assert_eq!(value.expose(), "a\nb");
         let err = value.single_line("x").expect_err("not one line");
-        assert_eq!(err.to_string(), "secret x: the value must be a single line without control characters");
+        assert_eq!(
+            err.to_string(),
+            "secret x: the value must be a single line without control characters"
+        );
     }
 }

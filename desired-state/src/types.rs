@@ -99,7 +99,9 @@ fn check_label(kind: &str, s: &str, max: usize) -> Result<(), String> {
     if s.is_empty() || s.len() > max {
         return Err(format!("{kind} {s:?} must be 1 to {max} characters long"));
     }
-    let ok = s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    let ok = s
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-');
     if ok {
@@ -199,6 +201,26 @@ string_newtype!(
             Ok(())
         } else {
             Err(format!("configuration key {s:?} may contain only letters, digits, '.', '_' and '-'"))
+        }
+    }
+);
+
+string_newtype!(
+    /// A Prometheus label name: `[a-zA-Z_][a-zA-Z0-9_]*`, not starting with `__`
+    /// (reserved for Prometheus itself).
+    LabelName,
+    pattern = Some("^[a-zA-Z_][a-zA-Z0-9_]*$"),
+    description = "a Prometheus label name: [a-zA-Z_][a-zA-Z0-9_]*, not starting with __",
+    check = |s| {
+        let ok = s.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && s.len() <= 128;
+        if !ok {
+            Err(format!("label name {s:?} may contain only letters, digits and '_', and must not start with a digit"))
+        } else if s.starts_with("__") {
+            Err(format!("label name {s:?} starts with __, which Prometheus reserves"))
+        } else {
+            Ok(())
         }
     }
 );
@@ -379,7 +401,11 @@ impl Duration {
 impl TryFrom<String> for Duration {
     type Error = InvalidValue;
     fn try_from(s: String) -> Result<Self, InvalidValue> {
-        let bad = || InvalidValue(format!("duration {s:?} must be a whole number followed by s, m, h or d, e.g. 30s or 5m"));
+        let bad = || {
+            InvalidValue(format!(
+                "duration {s:?} must be a whole number followed by s, m, h or d, e.g. 30s or 5m"
+            ))
+        };
         let (num, unit) = s.split_at(s.len().saturating_sub(1));
         if num.is_empty() || num.len() > 9 || !num.bytes().all(|b| b.is_ascii_digit()) {
             return Err(bad());
@@ -392,7 +418,10 @@ impl TryFrom<String> for Duration {
             "d" => 86_400,
             _ => return Err(bad()),
         };
-        Ok(Self { seconds: n * factor, text: s })
+        Ok(Self {
+            seconds: n * factor,
+            text: s,
+        })
     }
 }
 
@@ -444,7 +473,11 @@ impl Cidr {
         self.prefix
     }
     fn mask(&self) -> u32 {
-        if self.prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(self.prefix)) }
+        if self.prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(self.prefix))
+        }
     }
     /// Whether two networks share any address.
     pub fn overlaps(&self, other: &Cidr) -> bool {
@@ -455,7 +488,11 @@ impl Cidr {
 impl TryFrom<String> for Cidr {
     type Error = InvalidValue;
     fn try_from(s: String) -> Result<Self, InvalidValue> {
-        let bad = || InvalidValue(format!("{s:?} is not an IPv4 network in CIDR notation such as 10.0.1.0/24"));
+        let bad = || {
+            InvalidValue(format!(
+                "{s:?} is not an IPv4 network in CIDR notation such as 10.0.1.0/24"
+            ))
+        };
         let (addr, prefix) = s.split_once('/').ok_or_else(bad)?;
         let network: Ipv4Addr = addr.parse().map_err(|_| bad())?;
         let prefix: u8 = prefix.parse().map_err(|_| bad())?;
@@ -464,7 +501,10 @@ impl TryFrom<String> for Cidr {
         }
         let cidr = Cidr { network, prefix };
         if u32::from(network) & cidr.mask() != u32::from(network) {
-            return Err(InvalidValue(format!("{s:?} has host bits set; did you mean {}/{prefix}?", Ipv4Addr::from(u32::from(network) & cidr.mask()))));
+            return Err(InvalidValue(format!(
+                "{s:?} has host bits set; did you mean {}/{prefix}?",
+                Ipv4Addr::from(u32::from(network) & cidr.mask())
+            )));
         }
         Ok(cidr)
     }
@@ -507,7 +547,9 @@ impl TryFrom<String> for PropertyValue {
     type Error = InvalidValue;
     fn try_from(s: String) -> Result<Self, InvalidValue> {
         if has_control(&s) {
-            Err(InvalidValue(format!("value {s:?} must be a single line without control characters")))
+            Err(InvalidValue(format!(
+                "value {s:?} must be a single line without control characters"
+            )))
         } else {
             Ok(Self(s))
         }
@@ -585,6 +627,10 @@ mod tests {
         assert!(AbsPath::try_from("/var/../etc").is_err());
         assert!(AbsPath::try_from("relative").is_err());
         assert!(RepoPath::try_from("../x").is_err());
+        assert!(LabelName::try_from("severity").is_ok());
+        assert!(LabelName::try_from("a.b").is_err());
+        assert!(LabelName::try_from("__name__").is_err());
+        assert!(LabelName::try_from("1x").is_err());
     }
 
     #[test]

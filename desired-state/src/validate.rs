@@ -4,11 +4,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::Model;
 use crate::diagnostic::Diagnostic;
 use crate::located::{Located, Pos};
 use crate::model::*;
-use crate::types::PropertyKey;
-use crate::Model;
+use crate::types::{Name, PropertyKey};
 
 /// `server.properties` keys kraftops derives itself; setting them by hand
 /// would fight the renderer. Entries ending in `.` are prefixes.
@@ -77,15 +77,39 @@ pub const CONNECT_MANAGED: &[&str] = &[
 
 /// Why `key` may not be set by hand, if it is in `managed`.
 pub fn managed_key_reason(key: &str, managed: &[&str]) -> Option<String> {
-    let hit = managed.iter().find(|m| if m.ends_with('.') { key.starts_with(*m) } else { key == **m || key.starts_with(&format!("{m}.")) })?;
-    let what = if hit.ends_with('.') { format!("keys starting with `{hit}`") } else { format!("`{hit}`") };
+    let hit = managed.iter().find(|m| {
+        if m.ends_with('.') {
+            key.starts_with(*m)
+        } else {
+            key == **m || key.starts_with(&format!("{m}."))
+        }
+    })?;
+    let what = if hit.ends_with('.') {
+        format!("keys starting with `{hit}`")
+    } else {
+        format!("`{hit}`")
+    };
     Some(format!(
         "setting `{key}` is managed by kraftops ({what} are derived from nodes.yaml, security and topic_defaults); remove it"
     ))
 }
 
+/// What the loader knows that the model does not hold.
+#[derive(Debug, Default)]
+pub(crate) struct LoadNotes {
+    /// A file in `users/` did not parse, so a user missing from the model
+    /// may well be defined there: reporting it would repeat that parse error.
+    pub users_incomplete: bool,
+    /// Secrets whose file exists but is not a readable age file (already
+    /// reported); a reference to one is not a dangling reference.
+    pub broken_secrets: BTreeSet<Name>,
+    /// Where each key under `ports:` is in cluster.yaml.
+    pub port_positions: BTreeMap<String, Pos>,
+}
+
 struct Checker<'a> {
     model: &'a Model,
+    notes: &'a LoadNotes,
     out: Vec<Diagnostic>,
 }
 
@@ -93,10 +117,30 @@ impl Checker<'_> {
     fn err(&mut self, file: &str, pos: Pos, message: impl Into<String>) {
         self.out.push(Diagnostic::at(file, pos, message));
     }
+
+    /// Reports a reference to a secret that has no file in `secrets/`.
+    fn secret_ref(&mut self, file: &str, secret: &Located<Name>) {
+        if !self.model.secrets.contains_key(&**secret)
+            && !self.notes.broken_secrets.contains(&**secret)
+        {
+            self.err(
+                file,
+                secret.pos,
+                format!(
+                    "secret {} does not exist (expected secrets/{}.age)",
+                    **secret, **secret
+                ),
+            );
+        }
+    }
 }
 
-pub(crate) fn validate(model: &Model) -> Vec<Diagnostic> {
-    let mut c = Checker { model, out: Vec::new() };
+pub(crate) fn validate(model: &Model, notes: &LoadNotes) -> Vec<Diagnostic> {
+    let mut c = Checker {
+        model,
+        notes,
+        out: Vec::new(),
+    };
     check_network(&mut c);
     check_nodes(&mut c);
     check_topic_defaults(&mut c);
@@ -114,7 +158,9 @@ const NODES: &str = "nodes.yaml";
 
 /// Reports every value after its first occurrence as a duplicate.
 /// The third element says where the first one is, as `file:line:col`.
-fn duplicates<'a, K: Ord + 'a>(items: impl IntoIterator<Item = (K, &'a str, Pos)>) -> Vec<(&'a str, Pos, String)> {
+fn duplicates<'a, K: Ord + 'a>(
+    items: impl IntoIterator<Item = (K, &'a str, Pos)>,
+) -> Vec<(&'a str, Pos, String)> {
     let mut seen: BTreeMap<K, (&str, Pos)> = BTreeMap::new();
     let mut dups = Vec::new();
     for (key, file, pos) in items {
@@ -131,15 +177,33 @@ fn duplicates<'a, K: Ord + 'a>(items: impl IntoIterator<Item = (K, &'a str, Pos)
 fn check_network(c: &mut Checker<'_>) {
     let azs = &c.model.cluster.network.azs;
     if azs.is_empty() {
-        c.err(CLUSTER, c.model.cluster.network.domain.pos, "network.azs must list at least one availability zone");
+        c.err(
+            CLUSTER,
+            c.model.cluster.network.domain.pos,
+            "network.azs must list at least one availability zone",
+        );
     }
-    for (_, pos, first) in duplicates(azs.iter().map(|az| (az.name.as_str().to_owned(), CLUSTER, az.name.pos))) {
-        c.err(CLUSTER, pos, format!("duplicate availability zone; first defined at {first}"));
+    for (_, pos, first) in duplicates(
+        azs.iter()
+            .map(|az| (az.name.as_str().to_owned(), CLUSTER, az.name.pos)),
+    ) {
+        c.err(
+            CLUSTER,
+            pos,
+            format!("duplicate availability zone; first defined at {first}"),
+        );
     }
     for (i, a) in azs.iter().enumerate() {
         for b in &azs[..i] {
             if a.subnet.overlaps(&b.subnet) {
-                c.err(CLUSTER, a.subnet.pos, format!("subnet {} of {} overlaps subnet {} of {}", *a.subnet, *a.name, *b.subnet, *b.name));
+                c.err(
+                    CLUSTER,
+                    a.subnet.pos,
+                    format!(
+                        "subnet {} of {} overlaps subnet {} of {}",
+                        *a.subnet, *a.name, *b.subnet, *b.name
+                    ),
+                );
             }
         }
     }
@@ -149,33 +213,96 @@ fn check_nodes(c: &mut Checker<'_>) {
     let model = c.model;
     let nodes = &model.nodes;
     if nodes.is_empty() {
-        c.err(NODES, Pos { line: 1, column: 1 }, "nodes must list at least one node");
+        c.err(
+            NODES,
+            Pos { line: 1, column: 1 },
+            "nodes must list at least one node",
+        );
         return;
     }
-    for (_, pos, first) in duplicates(nodes.iter().map(|n| (n.name.as_str().to_owned(), NODES, n.name.pos))) {
-        c.err(NODES, pos, format!("duplicate node name; first defined at {first}"));
+    for (_, pos, first) in duplicates(
+        nodes
+            .iter()
+            .map(|n| (n.name.as_str().to_owned(), NODES, n.name.pos)),
+    ) {
+        c.err(
+            NODES,
+            pos,
+            format!("duplicate node name; first defined at {first}"),
+        );
     }
-    for (_, pos, first) in duplicates(nodes.iter().map(|n| (n.address.value, NODES, n.address.pos))) {
-        c.err(NODES, pos, format!("duplicate address; already used by the node at {first}"));
+    for (_, pos, first) in duplicates(
+        nodes
+            .iter()
+            .map(|n| (n.address.value, NODES, n.address.pos)),
+    ) {
+        c.err(
+            NODES,
+            pos,
+            format!("duplicate address; already used by the node at {first}"),
+        );
     }
-    for (_, pos, first) in duplicates(nodes.iter().filter_map(|n| n.node_id.as_ref()).map(|id| (id.value, NODES, id.pos))) {
-        c.err(NODES, pos, format!("duplicate node_id; already used by the node at {first}"));
+    for (_, pos, first) in duplicates(
+        nodes
+            .iter()
+            .filter_map(|n| n.node_id.as_ref())
+            .map(|id| (id.value, NODES, id.pos)),
+    ) {
+        c.err(
+            NODES,
+            pos,
+            format!("duplicate node_id; already used by the node at {first}"),
+        );
     }
-    for (_, pos, first) in duplicates(nodes.iter().filter_map(|n| n.directory_id.as_ref()).map(|id| (id.as_str().to_owned(), NODES, id.pos))) {
-        c.err(NODES, pos, format!("duplicate directory_id; already used by the node at {first}"));
+    for (_, pos, first) in duplicates(
+        nodes
+            .iter()
+            .filter_map(|n| n.directory_id.as_ref())
+            .map(|id| (id.as_str().to_owned(), NODES, id.pos)),
+    ) {
+        c.err(
+            NODES,
+            pos,
+            format!("duplicate directory_id; already used by the node at {first}"),
+        );
     }
-    let azs: BTreeMap<&str, &Located<Az>> = model.cluster.network.azs.iter().map(|az| (az.name.as_str(), az)).collect();
+    let azs: BTreeMap<&str, &Located<Az>> = model
+        .cluster
+        .network
+        .azs
+        .iter()
+        .map(|az| (az.name.as_str(), az))
+        .collect();
     for node in nodes {
         let role = *node.role;
         match (&node.node_id, role.is_kafka_server()) {
-            (None, true) => c.err(NODES, node.pos, format!("node {} is a {role} and needs a node_id", *node.name)),
-            (Some(id), false) => c.err(NODES, id.pos, format!("node_id is only for brokers and controllers; {} is a {role} node", *node.name)),
+            (None, true) => c.err(
+                NODES,
+                node.pos,
+                format!("node {} is a {role} and needs a node_id", *node.name),
+            ),
+            (Some(id), false) => c.err(
+                NODES,
+                id.pos,
+                format!(
+                    "node_id is only for brokers and controllers; {} is a {role} node",
+                    *node.name
+                ),
+            ),
             _ => {}
         }
         if let Some(id) = &node.node_id
             && id.value > i32::MAX as u32
         {
-            c.err(NODES, id.pos, format!("node_id {} is larger than Kafka allows ({})", id.value, i32::MAX));
+            c.err(
+                NODES,
+                id.pos,
+                format!(
+                    "node_id {} is larger than Kafka allows ({})",
+                    id.value,
+                    i32::MAX
+                ),
+            );
         }
         match (&node.directory_id, role == Role::Controller) {
             (None, true) => c.err(
@@ -193,61 +320,189 @@ fn check_nodes(c: &mut Checker<'_>) {
             }
             Some(az) => {
                 if !az.subnet.contains(node.address.value) {
-                    c.err(NODES, node.address.pos, format!("address {} is outside subnet {} of {}", node.address.value, *az.subnet, *az.name));
+                    c.err(
+                        NODES,
+                        node.address.pos,
+                        format!(
+                            "address {} is outside subnet {} of {}",
+                            node.address.value, *az.subnet, *az.name
+                        ),
+                    );
                 }
             }
         }
         if !node.settings.is_empty() && role == Role::Observability {
             let first = node.settings.values().next().map_or(node.pos, |v| v.pos);
-            c.err(NODES, first, format!("settings are not used on {role} nodes"));
+            c.err(
+                NODES,
+                first,
+                format!("settings are not used on {role} nodes"),
+            );
         }
     }
     let count = |role| nodes.iter().filter(|n| *n.role == role).count();
     let controllers = count(Role::Controller);
     if !matches!(controllers, 1 | 3 | 5) {
-        let pos = nodes.iter().find(|n| *n.role == Role::Controller).map_or(nodes[0].pos, |n| n.role.pos);
-        c.err(NODES, pos, format!("there are {controllers} controllers; a KRaft quorum needs 1, 3 or 5"));
+        let pos = nodes
+            .iter()
+            .find(|n| *n.role == Role::Controller)
+            .map_or(nodes[0].pos, |n| n.role.pos);
+        c.err(
+            NODES,
+            pos,
+            format!("there are {controllers} controllers; a KRaft quorum needs 1, 3 or 5"),
+        );
     }
     if count(Role::Broker) == 0 {
         c.err(NODES, nodes[0].pos, "there must be at least one broker");
     }
     let observability = count(Role::Observability);
     if observability != 1 {
-        let pos = nodes.iter().filter(|n| *n.role == Role::Observability).nth(1).map_or(nodes[0].pos, |n| n.role.pos);
+        let pos = nodes
+            .iter()
+            .filter(|n| *n.role == Role::Observability)
+            .nth(1)
+            .map_or(nodes[0].pos, |n| n.role.pos);
         c.err(NODES, pos, format!("there are {observability} observability nodes; exactly one runs the coordinator, Prometheus and Grafana"));
     }
-    for node in nodes {
-        check_ports(c, node);
-    }
+    check_ports(c);
+}
+
+/// Every port in cluster.yaml `ports`: the key, its value, what listens on
+/// it, and on which roles.
+fn port_table(p: &Ports) -> [(&'static str, u16, &'static str, &'static [Role]); 14] {
+    const ALL: &[Role] = &[
+        Role::Controller,
+        Role::Broker,
+        Role::Connect,
+        Role::Observability,
+    ];
+    [
+        ("node_exporter", p.node_exporter, "node_exporter", ALL),
+        ("agent", p.agent, "agent", ALL),
+        (
+            "controller",
+            p.controller,
+            "controller listener",
+            &[Role::Controller],
+        ),
+        (
+            "controller_jmx",
+            p.controller_jmx,
+            "controller JMX exporter",
+            &[Role::Controller],
+        ),
+        ("client", p.client, "client listener", &[Role::Broker]),
+        (
+            "internal",
+            p.internal,
+            "inter-broker listener",
+            &[Role::Broker],
+        ),
+        (
+            "broker_jmx",
+            p.broker_jmx,
+            "broker JMX exporter",
+            &[Role::Broker],
+        ),
+        (
+            "connect_rest",
+            p.connect_rest,
+            "Connect REST API",
+            &[Role::Connect],
+        ),
+        (
+            "connect_jmx",
+            p.connect_jmx,
+            "Connect JMX exporter",
+            &[Role::Connect],
+        ),
+        (
+            "coordinator",
+            p.coordinator,
+            "coordinator",
+            &[Role::Observability],
+        ),
+        (
+            "prometheus",
+            p.prometheus,
+            "Prometheus",
+            &[Role::Observability],
+        ),
+        (
+            "alertmanager",
+            p.alertmanager,
+            "Alertmanager",
+            &[Role::Observability],
+        ),
+        (
+            "alertmanager_cluster",
+            p.alertmanager_cluster,
+            "Alertmanager cluster",
+            &[Role::Observability],
+        ),
+        ("grafana", p.grafana, "Grafana", &[Role::Observability]),
+    ]
 }
 
 /// The TCP ports a node of `role` listens on, with what each is for.
 pub fn ports_of(role: Role, p: &Ports) -> Vec<(u16, &'static str)> {
-    let mut ports = vec![(p.node_exporter, "node_exporter"), (p.agent, "agent")];
-    match role {
-        Role::Controller => ports.extend([(p.controller, "controller listener"), (p.controller_jmx, "controller JMX exporter")]),
-        Role::Broker => ports.extend([(p.client, "client listener"), (p.internal, "inter-broker listener"), (p.broker_jmx, "broker JMX exporter")]),
-        Role::Connect => ports.extend([(p.connect_rest, "Connect REST API"), (p.connect_jmx, "Connect JMX exporter")]),
-        Role::Observability => ports.extend([
-            (p.coordinator, "coordinator"),
-            (p.prometheus, "Prometheus"),
-            (p.alertmanager, "Alertmanager"),
-            (p.alertmanager_cluster, "Alertmanager cluster"),
-            (p.grafana, "Grafana"),
-        ]),
-    }
-    ports
+    port_table(p)
+        .into_iter()
+        .filter(|(_, _, _, roles)| roles.contains(&role))
+        .map(|(_, port, what, _)| (port, what))
+        .collect()
 }
 
-fn check_ports(c: &mut Checker<'_>, node: &Located<Node>) {
-    let ports = ports_of(*node.role, &c.model.cluster.ports);
-    let mut seen: BTreeMap<u16, &str> = BTreeMap::new();
-    for (port, what) in ports {
-        if port == 0 {
-            c.err(CLUSTER, Pos { line: 1, column: 1 }, format!("ports: {what} port must not be 0"));
-        } else if let Some(other) = seen.insert(port, what) {
-            c.err(NODES, node.role.pos, format!("port {port} is used twice on {} ({other} and {what}); change one in cluster.yaml ports", *node.name));
+/// Two ports of one node must differ. The ports are set in cluster.yaml, so
+/// that is where a collision is reported: once, at the port that was set,
+/// naming the roles it breaks.
+fn check_ports(c: &mut Checker<'_>) {
+    let table = port_table(&c.model.cluster.ports);
+    let present: BTreeSet<Role> = c.model.nodes.iter().map(|n| *n.role).collect();
+    let positions = &c.notes.port_positions;
+    let pos_of = |key: &str| positions.get(key).copied();
+    let fallback = Pos { line: 1, column: 1 };
+    let mut problems = Vec::new();
+    for (i, (key, port, what, roles)) in table.iter().enumerate() {
+        let used_on: Vec<Role> = roles
+            .iter()
+            .copied()
+            .filter(|r| present.contains(r))
+            .collect();
+        if used_on.is_empty() {
+            continue;
         }
+        if *port == 0 {
+            problems.push((
+                pos_of(key).unwrap_or(fallback),
+                format!("ports.{key} ({what}) must not be 0"),
+            ));
+            continue;
+        }
+        for (other_key, other_port, other_what, other_roles) in &table[..i] {
+            let shared: Vec<&str> = used_on
+                .iter()
+                .filter(|r| other_roles.contains(r))
+                .map(|r| r.as_str())
+                .collect();
+            if other_port == port && !shared.is_empty() {
+                // Point at the key that was written; of two, the later one.
+                let pos = match (pos_of(other_key), pos_of(key)) {
+                    (Some(a), Some(b)) => a.max(b),
+                    (a, b) => b.or(a).unwrap_or(fallback),
+                };
+                let roles = match shared.split_last() {
+                    Some((last, [])) => (*last).to_owned(),
+                    Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+                    None => String::new(),
+                };
+                problems.push((pos, format!("ports.{other_key} and ports.{key} are both {port}; the {other_what} and the {what} both run on {roles} nodes")));
+            }
+        }
+    }
+    for (pos, message) in problems {
+        c.err(CLUSTER, pos, message);
     }
 }
 
@@ -255,12 +510,20 @@ fn check_topic_defaults(c: &mut Checker<'_>) {
     let d = &c.model.cluster.topic_defaults;
     let brokers = c.model.brokers().count();
     if *d.replication_factor == 0 {
-        c.err(CLUSTER, d.replication_factor.pos, "topic_defaults.replication_factor must be at least 1");
+        c.err(
+            CLUSTER,
+            d.replication_factor.pos,
+            "topic_defaults.replication_factor must be at least 1",
+        );
     } else if usize::from(*d.replication_factor) > brokers {
         c.err(CLUSTER, d.replication_factor.pos, format!("topic_defaults.replication_factor {} is larger than the number of brokers ({brokers})", *d.replication_factor));
     }
     if *d.min_insync_replicas == 0 {
-        c.err(CLUSTER, d.min_insync_replicas.pos, "topic_defaults.min_insync_replicas must be at least 1");
+        c.err(
+            CLUSTER,
+            d.min_insync_replicas.pos,
+            "topic_defaults.min_insync_replicas must be at least 1",
+        );
     } else if *d.replication_factor > 1 && *d.min_insync_replicas >= *d.replication_factor {
         c.err(
             CLUSTER,
@@ -272,7 +535,11 @@ fn check_topic_defaults(c: &mut Checker<'_>) {
         );
     }
     if *d.partitions == 0 {
-        c.err(CLUSTER, d.partitions.pos, "topic_defaults.partitions must be at least 1");
+        c.err(
+            CLUSTER,
+            d.partitions.pos,
+            "topic_defaults.partitions must be at least 1",
+        );
     }
 }
 
@@ -289,20 +556,37 @@ fn check_settings(c: &mut Checker<'_>) {
     report(c, CLUSTER, &cluster.controller.settings, SERVER_MANAGED);
     report(c, CLUSTER, &cluster.connect.settings, CONNECT_MANAGED);
     for node in &c.model.nodes {
-        let managed = if *node.role == Role::Connect { CONNECT_MANAGED } else { SERVER_MANAGED };
+        let managed = if *node.role == Role::Connect {
+            CONNECT_MANAGED
+        } else {
+            SERVER_MANAGED
+        };
         report(c, NODES, &node.settings, managed);
     }
     if cluster.broker.log_dirs.is_empty() {
-        c.err(CLUSTER, cluster.name.pos, "broker.log_dirs must list at least one directory");
+        c.err(
+            CLUSTER,
+            cluster.name.pos,
+            "broker.log_dirs must list at least one directory",
+        );
     }
 }
 
-fn u16_config(c: &mut Checker<'_>, file: &str, config: &Properties, key: &str) -> Option<(u16, Pos)> {
+fn u16_config(
+    c: &mut Checker<'_>,
+    file: &str,
+    config: &Properties,
+    key: &str,
+) -> Option<(u16, Pos)> {
     let value = config.iter().find(|(k, _)| k.as_str() == key)?.1;
     match value.as_str().parse::<u16>() {
         Ok(n) => Some((n, value.pos)),
         Err(_) => {
-            c.err(file, value.pos, format!("{key} must be a whole number, got {:?}", value.as_str()));
+            c.err(
+                file,
+                value.pos,
+                format!("{key} must be a whole number, got {:?}", value.as_str()),
+            );
             None
         }
     }
@@ -311,65 +595,130 @@ fn u16_config(c: &mut Checker<'_>, file: &str, config: &Properties, key: &str) -
 fn check_topics(c: &mut Checker<'_>) {
     let model = c.model;
     let brokers = model.brokers().count();
-    for (file, pos, first) in duplicates(model.topics.iter().map(|t| (t.name.as_str().to_owned(), t.file.as_str(), t.name.pos))) {
-        c.err(file, pos, format!("duplicate topic; first defined at {first}"));
+    for (file, pos, first) in duplicates(
+        model
+            .topics
+            .iter()
+            .map(|t| (t.name.as_str().to_owned(), t.file.as_str(), t.name.pos)),
+    ) {
+        c.err(
+            file,
+            pos,
+            format!("duplicate topic; first defined at {first}"),
+        );
     }
     let defaults = &model.cluster.topic_defaults;
     for t in &model.topics {
         let file = t.file.as_str();
         if t.name.as_str().starts_with("__") {
-            c.err(file, t.name.pos, format!("topic {} is internal to Kafka (names starting with __ are reserved)", *t.name));
+            c.err(
+                file,
+                t.name.pos,
+                format!(
+                    "topic {} is internal to Kafka (names starting with __ are reserved)",
+                    *t.name
+                ),
+            );
         }
         if *t.partitions == 0 {
             c.err(file, t.partitions.pos, "partitions must be at least 1");
         }
-        let (rf, rf_pos) = t.replication_factor.as_ref().map_or((*defaults.replication_factor, t.item.pos), |r| (r.value, r.pos));
-        if rf == 0 {
-            c.err(file, rf_pos, "replication_factor must be at least 1");
-        } else if usize::from(rf) > brokers {
-            c.err(file, rf_pos, format!("replication_factor {rf} is larger than the number of brokers ({brokers})"));
+        // A value inherited from topic_defaults is checked (and reported)
+        // there, once, not again for every topic that inherits it.
+        let explicit_rf = t.replication_factor.as_ref().map(|r| (r.value, r.pos));
+        let rf = explicit_rf.map_or(*defaults.replication_factor, |(rf, _)| rf);
+        if let Some((rf, rf_pos)) = explicit_rf {
+            if rf == 0 {
+                c.err(file, rf_pos, "replication_factor must be at least 1");
+            } else if usize::from(rf) > brokers {
+                c.err(
+                    file,
+                    rf_pos,
+                    format!(
+                        "replication_factor {rf} is larger than the number of brokers ({brokers})"
+                    ),
+                );
+            }
         }
-        if let Some(key) = t.config.keys().find(|k| matches!(k.as_str(), "replication.factor" | "num.partitions")) {
+        if let Some(key) = t
+            .config
+            .keys()
+            .find(|k| matches!(k.as_str(), "replication.factor" | "num.partitions"))
+        {
             c.err(file, t.config[key].pos, format!("`{key}` is not a topic config; use the topic's replication_factor / partitions fields"));
         }
-        let min_isr = u16_config(c, file, &t.config, "min.insync.replicas");
-        let (isr, isr_pos) = min_isr.unwrap_or((*defaults.min_insync_replicas, t.item.pos));
-        if min_isr.is_some() && isr == 0 {
-            c.err(file, isr_pos, "min.insync.replicas must be at least 1");
-        } else if rf > 1 && isr >= rf {
-            c.err(file, isr_pos, format!("min.insync.replicas {isr} must be less than the replication factor {rf}"));
+        let explicit_isr = u16_config(c, file, &t.config, "min.insync.replicas");
+        let isr = explicit_isr.map_or(*defaults.min_insync_replicas, |(isr, _)| isr);
+        match (explicit_rf, explicit_isr) {
+            (_, Some((0, isr_pos))) => c.err(file, isr_pos, "min.insync.replicas must be at least 1"),
+            _ if rf <= 1 || isr < rf => {}
+            (None, None) => {}
+            (Some(_), Some((_, isr_pos))) => c.err(file, isr_pos, format!("min.insync.replicas {isr} must be less than the replication factor {rf}")),
+            (None, Some((_, isr_pos))) => c.err(
+                file,
+                isr_pos,
+                format!("min.insync.replicas {isr} must be less than the replication factor {rf} (from topic_defaults.replication_factor)"),
+            ),
+            (Some((_, rf_pos)), None) => c.err(
+                file,
+                rf_pos,
+                format!("replication_factor {rf} must be larger than min.insync.replicas {isr} (from topic_defaults.min_insync_replicas)"),
+            ),
         }
     }
 }
 
 fn check_users(c: &mut Checker<'_>) {
     let model = c.model;
-    for (file, pos, first) in duplicates(model.users.iter().map(|u| (u.name.as_str().to_owned(), u.file.as_str(), u.name.pos))) {
-        c.err(file, pos, format!("duplicate user; first defined at {first}"));
+    for (file, pos, first) in duplicates(
+        model
+            .users
+            .iter()
+            .map(|u| (u.name.as_str().to_owned(), u.file.as_str(), u.name.pos)),
+    ) {
+        c.err(
+            file,
+            pos,
+            format!("duplicate user; first defined at {first}"),
+        );
     }
     for u in &model.users {
         let file = u.file.as_str();
-        if !model.secrets.contains_key(&*u.password_secret) {
-            c.err(file, u.password_secret.pos, format!("secret {} does not exist (expected secrets/{}.age)", *u.password_secret, *u.password_secret));
-        }
+        c.secret_ref(file, &u.password_secret);
         for acl in &u.acls {
             for op in &acl.operations {
                 if !op.applies_to(acl.resource) {
-                    c.err(file, op.pos, format!("operation {:?} does not apply to a {:?} resource", op.value, acl.resource));
+                    c.err(
+                        file,
+                        op.pos,
+                        format!(
+                            "operation {} does not apply to a {} resource",
+                            yaml_name(&op.value),
+                            yaml_name(&acl.resource)
+                        ),
+                    );
                 }
             }
             if acl.operations.is_empty() {
                 c.err(file, acl.pos, "an ACL needs at least one operation");
             }
             if acl.resource == AclResource::Cluster && acl.name.as_str() != "*" {
-                c.err(file, acl.name.pos, "a cluster ACL has no name (leave it out, or use \"*\")");
+                c.err(
+                    file,
+                    acl.name.pos,
+                    "a cluster ACL has no name (leave it out, or use \"*\")",
+                );
             }
         }
     }
     let security = &model.cluster.security;
     let must_exist = |c: &mut Checker<'_>, user: &Located<crate::types::UserName>, what: &str| {
-        if model.user(user).is_none() {
-            c.err(CLUSTER, user.pos, format!("{what} {} is not defined in users/", **user));
+        if model.user(user).is_none() && !c.notes.users_incomplete {
+            c.err(
+                CLUSTER,
+                user.pos,
+                format!("{what} {} is not defined in users/", **user),
+            );
         }
     };
     must_exist(c, &security.inter_broker_user, "security.inter_broker_user");
@@ -379,73 +728,162 @@ fn check_users(c: &mut Checker<'_>) {
     }
     let iterations = &security.scram_iterations;
     if !(4096..=16384).contains(&iterations.value) {
-        c.err(CLUSTER, iterations.pos, format!("scram_iterations {} is outside what Kafka accepts (4096 to 16384)", iterations.value));
+        c.err(
+            CLUSTER,
+            iterations.pos,
+            format!(
+                "scram_iterations {} is outside what Kafka accepts (4096 to 16384)",
+                iterations.value
+            ),
+        );
+    }
+}
+
+/// How a unit enum variant is spelled in the YAML files.
+fn yaml_name<T: serde::Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::new(),
     }
 }
 
 fn check_connectors(c: &mut Checker<'_>) {
     let model = c.model;
-    for (file, pos, first) in duplicates(model.connectors.iter().map(|k| (k.name.as_str().to_owned(), k.file.as_str(), k.name.pos))) {
-        c.err(file, pos, format!("duplicate connector; first defined at {first}"));
+    for (file, pos, first) in duplicates(
+        model
+            .connectors
+            .iter()
+            .map(|k| (k.name.as_str().to_owned(), k.file.as_str(), k.name.pos)),
+    ) {
+        c.err(
+            file,
+            pos,
+            format!("duplicate connector; first defined at {first}"),
+        );
     }
     let has_connect = model.nodes_with_role(Role::Connect).next().is_some();
-    let class = PropertyKey::try_from("connector.class").unwrap_or_else(|_| unreachable!("valid key"));
+    let class =
+        PropertyKey::try_from("connector.class").unwrap_or_else(|_| unreachable!("valid key"));
     let name_key = PropertyKey::try_from("name").unwrap_or_else(|_| unreachable!("valid key"));
     for k in &model.connectors {
         let file = k.file.as_str();
         if !k.config.contains_key(&class) {
-            c.err(file, k.item.pos, format!("connector {} needs config.connector.class", *k.name));
+            c.err(
+                file,
+                k.item.pos,
+                format!("connector {} needs config.connector.class", *k.name),
+            );
         }
         if let Some(name) = k.config.get(&name_key)
             && name.as_str() != k.name.as_str()
         {
-            c.err(file, name.pos, format!("config.name {:?} differs from the connector's name {}", name.as_str(), *k.name));
+            c.err(
+                file,
+                name.pos,
+                format!(
+                    "config.name {:?} differs from the connector's name {}",
+                    name.as_str(),
+                    *k.name
+                ),
+            );
         }
         if !has_connect {
-            c.err(file, k.name.pos, format!("connector {} is defined but nodes.yaml has no connect node to run it", *k.name));
+            c.err(
+                file,
+                k.name.pos,
+                format!(
+                    "connector {} is defined but nodes.yaml has no connect node to run it",
+                    *k.name
+                ),
+            );
         }
     }
 }
 
 /// Job names kraftops derives from the node list.
-pub const DERIVED_JOBS: &[&str] = &["prometheus", "alertmanager", "node", "kafka-broker", "kafka-controller", "kafka-connect", "kraftops-agent", "kraftops-coordinator", "grafana"];
+pub const DERIVED_JOBS: &[&str] = &[
+    "prometheus",
+    "alertmanager",
+    "node",
+    "kafka-broker",
+    "kafka-controller",
+    "kafka-connect",
+    "kraftops-agent",
+    "kraftops-coordinator",
+    "grafana",
+];
 
 fn check_observability(c: &mut Checker<'_>) {
     let model = c.model;
     let obs = &model.cluster.observability;
-    for (_, pos, first) in duplicates(obs.scrape_extras.iter().map(|j| (j.job_name.as_str().to_owned(), CLUSTER, j.job_name.pos))) {
-        c.err(CLUSTER, pos, format!("duplicate scrape job; first defined at {first}"));
+    for (_, pos, first) in duplicates(
+        obs.scrape_extras
+            .iter()
+            .map(|j| (j.job_name.as_str().to_owned(), CLUSTER, j.job_name.pos)),
+    ) {
+        c.err(
+            CLUSTER,
+            pos,
+            format!("duplicate scrape job; first defined at {first}"),
+        );
     }
     for job in &obs.scrape_extras {
         if DERIVED_JOBS.contains(&job.job_name.as_str()) {
-            c.err(CLUSTER, job.job_name.pos, format!("scrape job {} is derived from nodes.yaml by kraftops; pick another name", *job.job_name));
+            c.err(
+                CLUSTER,
+                job.job_name.pos,
+                format!(
+                    "scrape job {} is derived from nodes.yaml by kraftops; pick another name",
+                    *job.job_name
+                ),
+            );
         }
         if job.targets.is_empty() {
-            c.err(CLUSTER, job.job_name.pos, "a scrape job needs at least one target");
+            c.err(
+                CLUSTER,
+                job.job_name.pos,
+                "a scrape job needs at least one target",
+            );
         }
         for t in &job.targets {
-            let ok = t.as_str().rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && !host.contains(' ') && port.parse::<u16>().is_ok_and(|p| p > 0));
+            let ok = t.as_str().rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && !host.contains(' ') && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
             if !ok {
-                c.err(CLUSTER, t.pos, format!("scrape target {:?} must be host:port", t.as_str()));
+                c.err(
+                    CLUSTER,
+                    t.pos,
+                    format!("scrape target {:?} must be host:port", t.as_str()),
+                );
             }
         }
     }
     let am = &obs.alertmanager;
     if am.receivers.is_empty() {
-        c.err(CLUSTER, model.cluster.name.pos, "observability.alertmanager.receivers must list at least one receiver");
+        c.err(
+            CLUSTER,
+            model.cluster.name.pos,
+            "observability.alertmanager.receivers must list at least one receiver",
+        );
     }
-    for (_, pos, first) in duplicates(am.receivers.iter().map(|r| (r.name.as_str().to_owned(), CLUSTER, r.name.pos))) {
-        c.err(CLUSTER, pos, format!("duplicate receiver; first defined at {first}"));
+    for (_, pos, first) in duplicates(
+        am.receivers
+            .iter()
+            .map(|r| (r.name.as_str().to_owned(), CLUSTER, r.name.pos)),
+    ) {
+        c.err(
+            CLUSTER,
+            pos,
+            format!("duplicate receiver; first defined at {first}"),
+        );
     }
     for (i, r) in am.receivers.iter().enumerate() {
         if i > 0 && r.matchers.is_empty() {
             c.err(CLUSTER, r.name.pos, "every receiver after the first needs matchers (the first one is the default route)");
         }
     }
-    if let Some(secret) = &obs.grafana.admin_password_secret
-        && !model.secrets.contains_key(&**secret)
-    {
-        c.err(CLUSTER, secret.pos, format!("secret {} does not exist (expected secrets/{}.age)", **secret, **secret));
+    if let Some(secret) = &obs.grafana.admin_password_secret {
+        c.secret_ref(CLUSTER, secret);
     }
     check_rules(c);
     check_dashboards(c);
@@ -455,8 +893,16 @@ fn check_rules(c: &mut Checker<'_>) {
     let model = c.model;
     for rf in &model.rules {
         let file = rf.file.as_str();
-        for (_, pos, first) in duplicates(rf.groups.iter().map(|g| (g.name.as_str().to_owned(), file, g.name.pos))) {
-            c.err(file, pos, format!("duplicate rule group; first defined at {first}"));
+        for (_, pos, first) in duplicates(
+            rf.groups
+                .iter()
+                .map(|g| (g.name.as_str().to_owned(), file, g.name.pos)),
+        ) {
+            c.err(
+                file,
+                pos,
+                format!("duplicate rule group; first defined at {first}"),
+            );
         }
         for g in &rf.groups {
             if g.rules.is_empty() {
@@ -464,10 +910,18 @@ fn check_rules(c: &mut Checker<'_>) {
             }
             for r in &g.rules {
                 match (&r.alert, &r.record) {
-                    (Some(_), Some(rec)) => c.err(file, rec.pos, "a rule is either an alert or a record, not both"),
+                    (Some(_), Some(rec)) => c.err(
+                        file,
+                        rec.pos,
+                        "a rule is either an alert or a record, not both",
+                    ),
                     (None, None) => c.err(file, r.pos, "a rule needs `alert:` or `record:`"),
                     (None, Some(rec)) if r.for_.is_some() || !r.annotations.is_empty() => {
-                        c.err(file, rec.pos, "a recording rule cannot have `for` or `annotations`");
+                        c.err(
+                            file,
+                            rec.pos,
+                            "a recording rule cannot have `for` or `annotations`",
+                        );
                     }
                     _ => {}
                 }
@@ -477,12 +931,21 @@ fn check_rules(c: &mut Checker<'_>) {
             }
         }
     }
-    let alerts = model
-        .rules
-        .iter()
-        .flat_map(|rf| rf.groups.iter().flat_map(move |g| g.rules.iter().filter_map(move |r| r.alert.as_ref().map(|a| (a.as_str().to_owned(), rf.file.as_str(), a.pos)))));
+    let alerts = model.rules.iter().flat_map(|rf| {
+        rf.groups.iter().flat_map(move |g| {
+            g.rules.iter().filter_map(move |r| {
+                r.alert
+                    .as_ref()
+                    .map(|a| (a.as_str().to_owned(), rf.file.as_str(), a.pos))
+            })
+        })
+    });
     for (file, pos, first) in duplicates(alerts) {
-        c.err(file, pos, format!("duplicate alert name; first defined at {first}"));
+        c.err(
+            file,
+            pos,
+            format!("duplicate alert name; first defined at {first}"),
+        );
     }
 }
 
@@ -492,8 +955,17 @@ pub const DATASOURCE_NAME: &str = "Prometheus";
 
 fn check_dashboards(c: &mut Checker<'_>) {
     let model = c.model;
-    for (file, pos, first) in duplicates(model.dashboards.iter().map(|d| (d.uid.clone(), d.file.as_str(), d.position_of("\"uid\"")))) {
-        c.err(file, pos, format!("duplicate dashboard uid; first defined at {first}"));
+    for (file, pos, first) in duplicates(
+        model
+            .dashboards
+            .iter()
+            .map(|d| (d.uid.clone(), d.file.as_str(), d.position_of("\"uid\""))),
+    ) {
+        c.err(
+            file,
+            pos,
+            format!("duplicate dashboard uid; first defined at {first}"),
+        );
     }
     for d in &model.dashboards {
         let mut bad = BTreeSet::new();
@@ -531,7 +1003,9 @@ fn collect_foreign_datasources(v: &serde_json::Value, bad: &mut BTreeSet<String>
                 collect_foreign_datasources(child, bad);
             }
         }
-        serde_json::Value::Array(items) => items.iter().for_each(|i| collect_foreign_datasources(i, bad)),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .for_each(|i| collect_foreign_datasources(i, bad)),
         _ => {}
     }
 }
@@ -539,16 +1013,23 @@ fn collect_foreign_datasources(v: &serde_json::Value, bad: &mut BTreeSet<String>
 fn check_security(c: &mut Checker<'_>) {
     let model = c.model;
     let dist = &model.cluster.kafka.distribution;
-    if let Distribution::Tarball { sha512, sha512_url, .. } = &dist.value
+    if let Distribution::Tarball {
+        sha512, sha512_url, ..
+    } = &dist.value
         && sha512.is_some() == sha512_url.is_some()
     {
         c.err(CLUSTER, dist.pos, "a tarball distribution needs exactly one of sha512 (the digest) or sha512_url (where the publisher's digest is)");
     }
     let ca = &model.cluster.security.ca;
-    if !model.secrets.contains_key(&*ca.key_secret) {
-        c.err(CLUSTER, ca.key_secret.pos, format!("secret {} does not exist (expected secrets/{}.age)", *ca.key_secret, *ca.key_secret));
-    }
+    c.secret_ref(CLUSTER, &ca.key_secret);
     if ca.renew_before.as_secs() >= ca.cert_validity.as_secs() {
-        c.err(CLUSTER, ca.renew_before.pos, format!("renew_before {} must be shorter than cert_validity {}", *ca.renew_before, *ca.cert_validity));
+        c.err(
+            CLUSTER,
+            ca.renew_before.pos,
+            format!(
+                "renew_before {} must be shorter than cert_validity {}",
+                *ca.renew_before, *ca.cert_validity
+            ),
+        );
     }
 }

@@ -16,7 +16,11 @@ pub struct Ctx<'a> {
 
 impl<'a> Ctx<'a> {
     pub fn new(model: &'a Model, node: &'a Node, secrets: &'a Secrets) -> Self {
-        Self { model, node, secrets }
+        Self {
+            model,
+            node,
+            secrets,
+        }
     }
 
     pub fn fqdn(&self, node: &Node) -> String {
@@ -36,7 +40,11 @@ impl<'a> Ctx<'a> {
     /// (`controller.quorum.bootstrap.servers`).
     pub fn quorum_bootstrap_servers(&self) -> String {
         let port = self.ports().controller;
-        self.model.controllers().map(|c| format!("{}:{port}", self.fqdn(c))).collect::<Vec<_>>().join(",")
+        self.model
+            .controllers()
+            .map(|c| format!("{}:{port}", self.fqdn(c)))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// `id@host:port:directory-id` of every controller (`--initial-controllers`),
@@ -48,7 +56,12 @@ impl<'a> Ctx<'a> {
             .filter_map(|c| {
                 let id = c.node_id.as_ref()?;
                 let dir = c.directory_id.as_ref()?;
-                Some(format!("{}@{}:{port}:{}", id.value, self.fqdn(c), dir.as_str()))
+                Some(format!(
+                    "{}@{}:{port}:{}",
+                    id.value,
+                    self.fqdn(c),
+                    dir.as_str()
+                ))
             })
             .collect::<Vec<_>>()
             .join(",")
@@ -57,24 +70,38 @@ impl<'a> Ctx<'a> {
     /// `host:port` of every broker's client listener (`bootstrap.servers`).
     pub fn bootstrap_servers(&self) -> String {
         let port = self.ports().client;
-        self.model.brokers().map(|b| format!("{}:{port}", self.fqdn(b))).collect::<Vec<_>>().join(",")
+        self.model
+            .brokers()
+            .map(|b| format!("{}:{port}", self.fqdn(b)))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// The password of a SCRAM user, checked to be one line.
     pub fn password(&self, user: &UserName, needed_by: &str) -> Result<&'a str, RenderError> {
-        let u = self.model.user(user).ok_or_else(|| RenderError::MissingSecret {
-            name: format!("password of user {user}"),
-            needed_by: needed_by.to_owned(),
-        })?;
+        let u = self
+            .model
+            .user(user)
+            .ok_or_else(|| RenderError::MissingSecret {
+                name: format!("password of user {user}"),
+                needed_by: needed_by.to_owned(),
+            })?;
         self.secret(&u.password_secret, needed_by)
     }
 
     /// A secret's value, checked to be one line.
-    pub fn secret(&self, name: &desired_state::types::Name, needed_by: &str) -> Result<&'a str, RenderError> {
-        let value = self.secrets.get(name).ok_or_else(|| RenderError::MissingSecret {
-            name: name.to_string(),
-            needed_by: needed_by.to_owned(),
-        })?;
+    pub fn secret(
+        &self,
+        name: &desired_state::types::Name,
+        needed_by: &str,
+    ) -> Result<&'a str, RenderError> {
+        let value = self
+            .secrets
+            .get(name)
+            .ok_or_else(|| RenderError::MissingSecret {
+                name: name.to_string(),
+                needed_by: needed_by.to_owned(),
+            })?;
         Ok(value.single_line(name.as_str())?)
     }
 
@@ -94,7 +121,10 @@ impl<'a> Ctx<'a> {
     /// talk to the controllers over mutual TLS).
     pub fn super_users(&self) -> String {
         let security = &self.model.cluster.security;
-        let mut users = vec![format!("User:{}", security.inter_broker_user.as_str()), format!("User:{}", security.admin_user.as_str())];
+        let mut users = vec![
+            format!("User:{}", security.inter_broker_user.as_str()),
+            format!("User:{}", security.admin_user.as_str()),
+        ];
         for n in self.model.nodes.iter().filter(|n| n.role.is_kafka_server()) {
             users.push(format!("User:{}", n.name.as_str()));
         }

@@ -52,4 +52,40 @@ pub const GRAFANA_BIN: &str = "/usr/share/grafana/bin/grafana";
 pub const GRAFANA_HOME: &str = "/usr/share/grafana";
 
 /// Header of every rendered text file that allows comments.
-pub const MANAGED_HEADER: &str = "Managed by kraftops from the desired-state repository. Local edits are reverted.";
+pub const MANAGED_HEADER: &str =
+    "Managed by kraftops from the desired-state repository. Local edits are reverted.";
+
+/// The observability node: Prometheus and Alertmanager (Debian packages) run
+/// as `prometheus`, Grafana as `grafana`.
+pub const PROMETHEUS_USER: &str = "prometheus";
+pub const PROMETHEUS_ETC: &str = "/etc/prometheus";
+pub const PROMETHEUS_CONFIG: &str = "/etc/prometheus/prometheus.yml";
+/// `<stem>.yaml` for every `observability/rules/<stem>.yaml`. The config's
+/// `rule_files` glob is relative (`rules/*.yaml`), resolved next to the config.
+pub const PROMETHEUS_RULES_DIR: &str = "/etc/prometheus/rules";
+pub const PROMETHEUS_HOME: &str = "/var/lib/prometheus";
+pub const PROMETHEUS_TSDB: &str = "/var/lib/prometheus/metrics2";
+pub const ALERTMANAGER_ETC: &str = "/etc/alertmanager";
+pub const ALERTMANAGER_CONFIG: &str = "/etc/alertmanager/alertmanager.yml";
+pub const ALERTMANAGER_DATA: &str = "/var/lib/prometheus/alertmanager";
+pub const GRAFANA_USER: &str = "grafana";
+pub const GRAFANA_ETC: &str = "/etc/grafana";
+pub const GRAFANA_INI: &str = "/etc/grafana/grafana.ini";
+/// Read by Grafana through `$__file{…}` (mode 0640, group grafana).
+pub const GRAFANA_ADMIN_PASSWORD: &str = "/etc/grafana/admin-password";
+pub const GRAFANA_PROVISIONING: &str = "/etc/grafana/provisioning";
+pub const GRAFANA_DATASOURCES: &str = "/etc/grafana/provisioning/datasources/kraftops.yaml";
+pub const GRAFANA_DASHBOARD_PROVIDERS: &str = "/etc/grafana/provisioning/dashboards/kraftops.yaml";
+pub const GRAFANA_DATA: &str = "/var/lib/grafana";
+/// `<uid>.json` for every dashboard; Grafana's file provider rescans it.
+pub const GRAFANA_DASHBOARDS_DIR: &str = "/var/lib/grafana/dashboards";
+pub const GRAFANA_LOGS: &str = "/var/log/grafana";
+/// The coordinator's configuration, rendered by the observability role.
+pub const COORDINATOR_CONFIG: &str = "/etc/kraftops/coordinator.yaml";
+
+/// mTLS client properties for Kafka's CLI tools against the controller
+/// listener (`kafka-metadata-quorum.sh --bootstrap-controller … --command-config`);
+/// no secrets, the key is the node's own keystore.
+pub const CONTROLLER_CLIENT_PROPERTIES: &str = "/etc/kafka/controller-client.properties";
+/// Where Kafka and Kafka Connect write their logs (`LOG_DIR`).
+pub const KAFKA_LOG_DIR: &str = "/var/log/kafka";

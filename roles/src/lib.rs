@@ -13,8 +13,8 @@
 pub mod broker;
 mod common;
 pub mod connect;
-pub mod controller;
 mod context;
+pub mod controller;
 mod kafka;
 pub mod layout;
 pub mod observability;
@@ -37,7 +37,9 @@ pub type Secrets = BTreeMap<Name, SecretValue>;
 pub enum RenderError {
     #[error("node {0:?} is not defined in nodes.yaml")]
     UnknownNode(String),
-    #[error("secret {name} is needed by {needed_by} but was not provided (is the identity able to decrypt secrets/{name}.age?)")]
+    #[error(
+        "secret {name} is needed by {needed_by} but was not provided (is the identity able to decrypt secrets/{name}.age?)"
+    )]
     MissingSecret { name: String, needed_by: String },
     #[error(transparent)]
     Secret(#[from] desired_state::SecretError),
@@ -55,7 +57,9 @@ pub enum RenderError {
 
 /// Renders the plan of the node called `node`.
 pub fn render(model: &Model, node: &str, secrets: &Secrets) -> Result<Plan, RenderError> {
-    let node = model.node(node).ok_or_else(|| RenderError::UnknownNode(node.to_owned()))?;
+    let node = model
+        .node(node)
+        .ok_or_else(|| RenderError::UnknownNode(node.to_owned()))?;
     let ctx = Ctx::new(model, node, secrets);
     let mut plan = Plan {
         node: node.name.to_string(),
@@ -66,6 +70,7 @@ pub fn render(model: &Model, node: &str, secrets: &Secrets) -> Result<Plan, Rend
         files: Vec::new(),
         certificates: Vec::new(),
         units: Vec::new(),
+        masked_units: Vec::new(),
     };
     common::render(&ctx, &mut plan)?;
     match *node.role {
@@ -81,10 +86,16 @@ pub fn render(model: &Model, node: &str, secrets: &Secrets) -> Result<Plan, Rend
     plan.files.sort_by(|a, b| a.path.cmp(&b.path));
     plan.units.sort_by(|a, b| a.name.cmp(&b.name));
     plan.artifacts.sort_by(|a, b| a.name.cmp(&b.name));
+    plan.masked_units.sort();
+    plan.masked_units.dedup();
     Ok(plan)
 }
 
 /// Renders the plan of every node, in the order of `nodes.yaml`.
 pub fn render_all(model: &Model, secrets: &Secrets) -> Result<Vec<Plan>, RenderError> {
-    model.nodes.iter().map(|n| render(model, n.name.as_str(), secrets)).collect()
+    model
+        .nodes
+        .iter()
+        .map(|n| render(model, n.name.as_str(), secrets))
+        .collect()
 }

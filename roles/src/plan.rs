@@ -26,6 +26,9 @@ pub struct Plan {
     /// by the coordinator.
     pub certificates: Vec<CertificateRequest>,
     pub units: Vec<PlannedUnit>,
+    /// Units shipped by Debian packages that would fight ours for the same
+    /// ports (e.g. `prometheus-node-exporter.service`); the agent masks them.
+    pub masked_units: Vec<String>,
 }
 
 impl Plan {
@@ -122,6 +125,22 @@ pub struct Artifact {
     pub install_to: String,
     pub unpack: bool,
     pub on_change: OnChange,
+    /// Set when the artifact is a Debian package rather than a download:
+    /// the agent adds the source and installs the package with apt, and
+    /// `url`, `sha512` and `sha512_url` are empty (apt verifies the source's
+    /// signature instead).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub apt: Option<AptPackage>,
+}
+
+/// A Debian package from an apt source of its own.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AptPackage {
+    /// The source's `deb` line, e.g. `deb [signed-by=...] https://... stable main`.
+    pub source: String,
+    pub package: String,
+    /// The pinned version (`apt-get install <package>=<version>`); `None` installs the newest.
+    pub version: Option<String>,
 }
 
 /// A TLS certificate the agent obtains and renews for this node.

@@ -3,8 +3,9 @@
 
 use std::collections::BTreeMap;
 
-/// Escapes a key: `=`, `:`, whitespace, `#`, `!` and `\` are escaped, as
-/// `java.util.Properties.store` does.
+/// Escapes a key or value for `java.util.Properties.load`: `\`, control
+/// characters and non-ASCII always; `=`, `:`, `#`, `!` and spaces in keys; a
+/// leading space in values.
 fn escape(text: &str, is_key: bool, out: &mut String) {
     for (i, c) in text.chars().enumerate() {
         match c {
@@ -13,7 +14,9 @@ fn escape(text: &str, is_key: bool, out: &mut String) {
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
             '\u{c}' => out.push_str("\\f"),
-            '=' | ':' | '#' | '!' => {
+            // Only a key can end early at these; in a value they are literal,
+            // so values stay readable (`listeners=CLIENT://10.0.1.11:9092`).
+            '=' | ':' | '#' | '!' if is_key => {
                 out.push('\\');
                 out.push(c);
             }
@@ -74,8 +77,14 @@ pub fn parse(text: &str) -> Result<BTreeMap<String, String>, ParseError> {
             }
         }
         let (key, value) = split_entry(&logical);
-        let key = unescape(&key).map_err(|message| ParseError { line: n + 1, message })?;
-        let value = unescape(&value).map_err(|message| ParseError { line: n + 1, message })?;
+        let key = unescape(&key).map_err(|message| ParseError {
+            line: n + 1,
+            message,
+        })?;
+        let value = unescape(&value).map_err(|message| ParseError {
+            line: n + 1,
+            message,
+        })?;
         map.insert(key, value);
     }
     Ok(map)
@@ -121,7 +130,9 @@ fn unescape(s: &str) -> Result<String, String> {
     let mut chars = s.chars();
     let flush = |units: &mut Vec<u16>, out: &mut String| -> Result<(), String> {
         if !units.is_empty() {
-            out.push_str(&String::from_utf16(units).map_err(|_| "invalid \\u escape sequence".to_owned())?);
+            out.push_str(
+                &String::from_utf16(units).map_err(|_| "invalid \\u escape sequence".to_owned())?,
+            );
             units.clear();
         }
         Ok(())
@@ -135,7 +146,8 @@ fn unescape(s: &str) -> Result<String, String> {
         match chars.next() {
             Some('u') => {
                 let hex: String = chars.by_ref().take(4).collect();
-                let unit = u16::from_str_radix(&hex, 16).map_err(|_| format!("invalid \\u escape {hex:?}"))?;
+                let unit = u16::from_str_radix(&hex, 16)
+                    .map_err(|_| format!("invalid \\u escape {hex:?}"))?;
                 units.push(unit);
             }
             Some(e) => {
@@ -163,14 +175,17 @@ mod tests {
     fn escapes_what_java_escapes() {
         let entries = BTreeMap::from([
             ("a.b".to_owned(), "x=y:z #!".to_owned()),
-            ("jaas".to_owned(), r#"Module required username="u" password="p\q";"#.to_owned()),
+            (
+                "jaas".to_owned(),
+                r#"Module required username="u" password="p\q";"#.to_owned(),
+            ),
             ("lead".to_owned(), " spaced".to_owned()),
             ("uni".to_owned(), "é".to_owned()),
         ]);
         let text = render("generated", &entries);
         assert_eq!(
             text,
-            "# generated\na.b=x\\=y\\:z \\#\\!\njaas=Module required username\\=\"u\" password\\=\"p\\\\q\";\nlead=\\ spaced\nuni=\\u00E9\n"
+            "# generated\na.b=x=y:z #!\njaas=Module required username=\"u\" password=\"p\\\\q\";\nlead=\\ spaced\nuni=\\u00E9\n"
         );
         assert_eq!(parse(&text).expect("parses"), entries);
     }

@@ -21,7 +21,11 @@ pub struct ScramCredential {
 
 impl std::fmt::Debug for ScramCredential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ScramCredential({}, {} iterations, <redacted>)", self.user, self.iterations)
+        write!(
+            f,
+            "ScramCredential({}, {} iterations, <redacted>)",
+            self.user, self.iterations
+        )
     }
 }
 
@@ -79,7 +83,10 @@ mod tests {
         let c = ScramCredential::derive("cid", "admin", "pw", 4096);
         assert_eq!(a, b);
         assert_ne!(a.salt, c.salt);
-        assert!(a.add_scram_arg().starts_with("SCRAM-SHA-512=[name=broker,iterations=4096,salt=\""));
+        assert!(
+            a.add_scram_arg()
+                .starts_with("SCRAM-SHA-512=[name=broker,iterations=4096,salt=\"")
+        );
         assert!(!format!("{a:?}").contains(&STANDARD.encode(&a.salted_password)));
     }
 }

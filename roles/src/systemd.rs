@@ -41,7 +41,8 @@ impl UnitFile {
         if let Some((_, entries)) = self.sections.last_mut() {
             entries.push((key.to_owned(), value.into()));
         } else {
-            self.sections.push((String::new(), vec![(key.to_owned(), value.into())]));
+            self.sections
+                .push((String::new(), vec![(key.to_owned(), value.into())]));
         }
         self
     }
@@ -75,7 +76,10 @@ impl UnitFile {
 /// double quotes with `\`, `"` and `$`/`%` specials escaped, so the value is
 /// one argument and is not expanded.
 pub fn quote_arg(arg: &str) -> String {
-    let plain = !arg.is_empty() && arg.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+".contains(c));
+    let plain = !arg.is_empty()
+        && arg
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+".contains(c));
     if plain {
         return arg.to_owned();
     }
@@ -115,14 +119,22 @@ mod tests {
 
     #[test]
     fn refuses_line_breaks() {
-        let unit = UnitFile::new().section("Unit").set("Description", "a\nExecStart=/bin/evil");
+        let unit = UnitFile::new()
+            .section("Unit")
+            .set("Description", "a\nExecStart=/bin/evil");
         let err = unit.render("x.service").expect_err("newline refused");
-        assert_eq!(err.to_string(), "unit x.service: value of Description= contains a line break or control character");
+        assert_eq!(
+            err.to_string(),
+            "unit x.service: value of Description= contains a line break or control character"
+        );
     }
 
     #[test]
     fn quotes_arguments() {
-        assert_eq!(quote_arg("--config=/etc/kafka/server.properties"), "--config=/etc/kafka/server.properties");
+        assert_eq!(
+            quote_arg("--config=/etc/kafka/server.properties"),
+            "--config=/etc/kafka/server.properties"
+        );
         assert_eq!(quote_arg("a b"), "\"a b\"");
         assert_eq!(quote_arg("x\"$%"), "\"x\\\"$$%%\"");
     }

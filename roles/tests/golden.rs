@@ -10,7 +10,9 @@ fn example() -> PathBuf {
 
 fn render_example() -> (Vec<roles::Plan>, roles::Secrets) {
     let model = desired_state::load_dir(&example()).unwrap_or_else(|d| panic!("{d}"));
-    let identity_text = std::fs::read_to_string(example().with_file_name("seed.example-only.age-identity")).expect("example identity");
+    let identity_text =
+        std::fs::read_to_string(example().with_file_name("seed.example-only.age-identity"))
+            .expect("example identity");
     let identity = desired_state::Identity::parse(&identity_text).expect("identity parses");
     let secrets = model.decrypt_all(&identity).expect("secrets decrypt");
     let plans = roles::render_all(&model, &secrets).expect("example renders");
@@ -35,9 +37,15 @@ fn every_rendered_file_of_every_example_node() {
             for file in &plan.files {
                 let text = if file.sensitive {
                     // Secrets never go into git, not even in a snapshot.
-                    format!("<sensitive: {} bytes, mode {:o}, owner {}>", file.contents.len(), file.mode, file.owner)
+                    format!(
+                        "<sensitive: {} bytes, mode {:o}, owner {}>",
+                        file.contents.len(),
+                        file.mode,
+                        file.owner
+                    )
                 } else {
-                    String::from_utf8(file.contents.clone()).unwrap_or_else(|_| panic!("{} is not UTF-8", file.path))
+                    String::from_utf8(file.contents.clone())
+                        .unwrap_or_else(|_| panic!("{} is not UTF-8", file.path))
                 };
                 insta::assert_snapshot!(snapshot_name(&file.path), text);
             }
@@ -55,24 +63,50 @@ fn every_rendered_file_of_every_example_node() {
 #[test]
 fn password_files_are_sensitive_and_private() {
     let (plans, secrets) = render_example();
-    let passwords: Vec<&str> = secrets.values().map(|s| s.expose()).filter(|s| !s.contains('\n')).collect();
+    let passwords: Vec<&str> = secrets
+        .values()
+        .map(|s| s.expose())
+        .filter(|s| !s.contains('\n'))
+        .collect();
     let mut holding = 0;
     for plan in &plans {
         for file in &plan.files {
             let text = String::from_utf8_lossy(&file.contents);
             if passwords.iter().any(|p| text.contains(p)) {
-                assert!(file.sensitive, "{}:{} holds a password but is not marked sensitive", plan.node, file.path);
-                assert_eq!(file.mode & 0o007, 0, "{}:{} holds a password but is world-readable", plan.node, file.path);
+                assert!(
+                    file.sensitive,
+                    "{}:{} holds a password but is not marked sensitive",
+                    plan.node, file.path
+                );
+                assert_eq!(
+                    file.mode & 0o007,
+                    0,
+                    "{}:{} holds a password but is world-readable",
+                    plan.node,
+                    file.path
+                );
                 holding += 1;
             }
         }
         for unit in &plan.units {
-            assert!(!passwords.iter().any(|p| unit.contents.contains(p)), "unit {} of {} holds a password", unit.name, plan.node);
+            assert!(
+                !passwords.iter().any(|p| unit.contents.contains(p)),
+                "unit {} of {} holds a password",
+                unit.name,
+                plan.node
+            );
         }
         let debug = format!("{plan:?}");
-        assert!(!passwords.iter().any(|p| debug.contains(p)), "Debug of {}'s plan shows a password", plan.node);
+        assert!(
+            !passwords.iter().any(|p| debug.contains(p)),
+            "Debug of {}'s plan shows a password",
+            plan.node
+        );
     }
     // 4 brokers' secrets files, connect's, the observability node's admin
     // client properties and Grafana password.
-    assert!(holding >= 7, "expected at least 7 files holding passwords, found {holding}");
+    assert!(
+        holding >= 7,
+        "expected at least 7 files holding passwords, found {holding}"
+    );
 }
