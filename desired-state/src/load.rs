@@ -390,6 +390,10 @@ pub fn load_files(files: &FileSet) -> Result<Model, Diagnostics> {
         }
     }
 
+    if let (None, Some(nodes)) = (&cluster, &nodes) {
+        // cluster.yaml is broken; the node list can still be checked alone.
+        validate::check_node_list(&nodes.nodes, &mut problems);
+    }
     let (Some(cluster), Some(nodes), Some(cluster_text)) = (cluster, nodes, cluster_text) else {
         return Err(Diagnostics(problems).sorted());
     };

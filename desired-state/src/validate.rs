@@ -209,14 +209,16 @@ fn check_network(c: &mut Checker<'_>) {
     }
 }
 
-fn check_nodes(c: &mut Checker<'_>) {
-    let model = c.model;
-    let nodes = &model.nodes;
+/// Checks of the node list that need nothing else from the repository, so
+/// they still run when cluster.yaml does not parse.
+pub(crate) fn check_node_list(nodes: &[Located<Node>], out: &mut Vec<Diagnostic>) {
+    let mut err =
+        |file: &str, pos: Pos, message: String| out.push(Diagnostic::at(file, pos, message));
     if nodes.is_empty() {
-        c.err(
+        err(
             NODES,
             Pos { line: 1, column: 1 },
-            "nodes must list at least one node",
+            "nodes must list at least one node".to_owned(),
         );
         return;
     }
@@ -225,7 +227,7 @@ fn check_nodes(c: &mut Checker<'_>) {
             .iter()
             .map(|n| (n.name.as_str().to_owned(), NODES, n.name.pos)),
     ) {
-        c.err(
+        err(
             NODES,
             pos,
             format!("duplicate node name; first defined at {first}"),
@@ -236,7 +238,7 @@ fn check_nodes(c: &mut Checker<'_>) {
             .iter()
             .map(|n| (n.address.value, NODES, n.address.pos)),
     ) {
-        c.err(
+        err(
             NODES,
             pos,
             format!("duplicate address; already used by the node at {first}"),
@@ -248,7 +250,7 @@ fn check_nodes(c: &mut Checker<'_>) {
             .filter_map(|n| n.node_id.as_ref())
             .map(|id| (id.value, NODES, id.pos)),
     ) {
-        c.err(
+        err(
             NODES,
             pos,
             format!("duplicate node_id; already used by the node at {first}"),
@@ -260,28 +262,21 @@ fn check_nodes(c: &mut Checker<'_>) {
             .filter_map(|n| n.directory_id.as_ref())
             .map(|id| (id.as_str().to_owned(), NODES, id.pos)),
     ) {
-        c.err(
+        err(
             NODES,
             pos,
             format!("duplicate directory_id; already used by the node at {first}"),
         );
     }
-    let azs: BTreeMap<&str, &Located<Az>> = model
-        .cluster
-        .network
-        .azs
-        .iter()
-        .map(|az| (az.name.as_str(), az))
-        .collect();
     for node in nodes {
         let role = *node.role;
         match (&node.node_id, role.is_kafka_server()) {
-            (None, true) => c.err(
+            (None, true) => err(
                 NODES,
                 node.pos,
                 format!("node {} is a {role} and needs a node_id", *node.name),
             ),
-            (Some(id), false) => c.err(
+            (Some(id), false) => err(
                 NODES,
                 id.pos,
                 format!(
@@ -294,7 +289,7 @@ fn check_nodes(c: &mut Checker<'_>) {
         if let Some(id) = &node.node_id
             && id.value > i32::MAX as u32
         {
-            c.err(
+            err(
                 NODES,
                 id.pos,
                 format!(
@@ -305,14 +300,82 @@ fn check_nodes(c: &mut Checker<'_>) {
             );
         }
         match (&node.directory_id, role == Role::Controller) {
-            (None, true) => c.err(
+            (None, true) => err(
                 NODES,
                 node.pos,
-                format!("controller {} needs a directory_id (generate one with `kafka-storage.sh random-uuid`)", *node.name),
+                format!(
+                    "controller {} needs a directory_id (generate one with `kafka-storage.sh random-uuid`)",
+                    *node.name
+                ),
             ),
-            (Some(d), false) => c.err(NODES, d.pos, format!("directory_id is only for controllers; {} is a {role} node", *node.name)),
+            (Some(d), false) => err(
+                NODES,
+                d.pos,
+                format!(
+                    "directory_id is only for controllers; {} is a {role} node",
+                    *node.name
+                ),
+            ),
             _ => {}
         }
+        if !node.settings.is_empty() && role == Role::Observability {
+            let first = node.settings.values().next().map_or(node.pos, |v| v.pos);
+            err(
+                NODES,
+                first,
+                format!("settings are not used on {role} nodes"),
+            );
+        }
+    }
+    let count = |role| nodes.iter().filter(|n| *n.role == role).count();
+    let controllers = count(Role::Controller);
+    if !matches!(controllers, 1 | 3 | 5) {
+        let pos = nodes
+            .iter()
+            .find(|n| *n.role == Role::Controller)
+            .map_or(nodes[0].pos, |n| n.role.pos);
+        err(
+            NODES,
+            pos,
+            format!("there are {controllers} controllers; a KRaft quorum needs 1, 3 or 5"),
+        );
+    }
+    if count(Role::Broker) == 0 {
+        err(
+            NODES,
+            nodes[0].pos,
+            "there must be at least one broker".to_owned(),
+        );
+    }
+    let observability = count(Role::Observability);
+    if observability != 1 {
+        let pos = nodes
+            .iter()
+            .filter(|n| *n.role == Role::Observability)
+            .nth(1)
+            .map_or(nodes[0].pos, |n| n.role.pos);
+        err(
+            NODES,
+            pos,
+            format!(
+                "there are {observability} observability nodes; exactly one runs the coordinator, Prometheus and Grafana"
+            ),
+        );
+    }
+}
+
+fn check_nodes(c: &mut Checker<'_>) {
+    let model = c.model;
+    let nodes = &model.nodes;
+    check_node_list(nodes, &mut c.out);
+    let azs: BTreeMap<&str, &Located<Az>> = model
+        .cluster
+        .network
+        .azs
+        .iter()
+        .map(|az| (az.name.as_str(), az))
+        .collect();
+    for node in nodes {
         match azs.get(node.az.as_str()) {
             None => {
                 let known: Vec<&str> = azs.keys().copied().collect();
@@ -331,39 +394,6 @@ fn check_nodes(c: &mut Checker<'_>) {
                 }
             }
         }
-        if !node.settings.is_empty() && role == Role::Observability {
-            let first = node.settings.values().next().map_or(node.pos, |v| v.pos);
-            c.err(
-                NODES,
-                first,
-                format!("settings are not used on {role} nodes"),
-            );
-        }
-    }
-    let count = |role| nodes.iter().filter(|n| *n.role == role).count();
-    let controllers = count(Role::Controller);
-    if !matches!(controllers, 1 | 3 | 5) {
-        let pos = nodes
-            .iter()
-            .find(|n| *n.role == Role::Controller)
-            .map_or(nodes[0].pos, |n| n.role.pos);
-        c.err(
-            NODES,
-            pos,
-            format!("there are {controllers} controllers; a KRaft quorum needs 1, 3 or 5"),
-        );
-    }
-    if count(Role::Broker) == 0 {
-        c.err(NODES, nodes[0].pos, "there must be at least one broker");
-    }
-    let observability = count(Role::Observability);
-    if observability != 1 {
-        let pos = nodes
-            .iter()
-            .filter(|n| *n.role == Role::Observability)
-            .nth(1)
-            .map_or(nodes[0].pos, |n| n.role.pos);
-        c.err(NODES, pos, format!("there are {observability} observability nodes; exactly one runs the coordinator, Prometheus and Grafana"));
     }
     check_ports(c);
 }

@@ -1062,3 +1062,21 @@ fn problems_in_different_files_are_reported_together() {
         ],
     );
 }
+
+#[test]
+fn a_broken_cluster_file_does_not_hide_node_list_problems() {
+    let repo = seed()
+        .replace(
+            "cluster.yaml",
+            "    cert_validity: 90d\n",
+            "    cert_validity: 90d\n    colour: blue\n",
+        )
+        .replace("nodes.yaml", "    node_id: 3\n", "    node_id: 1\n");
+    assert_problems(
+        &repo,
+        &[
+            "cluster.yaml:35:5: unknown field `colour`, expected one of certificate, key_secret, cert_validity, renew_before",
+            "nodes.yaml:18:14: duplicate node_id; already used by the node at nodes.yaml:6:14",
+        ],
+    );
+}
