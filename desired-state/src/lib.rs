@@ -21,7 +21,7 @@ mod validate;
 use std::collections::BTreeMap;
 
 pub use diagnostic::{Diagnostic, Diagnostics};
-pub use load::{FileSet, load_dir, load_files};
+pub use load::{FileSet, load_dir, load_files, read_repository};
 pub use located::{Located, Pos};
 pub use model::*;
 pub use secrets::{EncryptedSecret, Identity, SecretError, SecretValue};

@@ -35,6 +35,28 @@ const MAX_FILE_BYTES: u64 = 8 * 1024 * 1024;
 
 /// Reads the files kraftops cares about from `root` and loads them.
 pub fn load_dir(root: &Path) -> Result<Model, Diagnostics> {
+    let (files, problems) = read(root)?;
+    match load_files(&files) {
+        Ok(model) if problems.is_empty() => Ok(model),
+        Ok(_) => Err(Diagnostics(problems).sorted()),
+        Err(mut d) => {
+            d.0.extend(problems);
+            Err(d.sorted())
+        }
+    }
+}
+
+/// Reads the files kraftops cares about from `root` into a [`FileSet`],
+/// without loading them: what [`load_files`] takes.
+pub fn read_repository(root: &Path) -> Result<FileSet, Diagnostics> {
+    match read(root)? {
+        (files, problems) if problems.is_empty() => Ok(files),
+        (_, problems) => Err(Diagnostics(problems).sorted()),
+    }
+}
+
+/// The repository's known files, and the problems met reading them.
+fn read(root: &Path) -> Result<(FileSet, Vec<Diagnostic>), Diagnostics> {
     let mut files = FileSet::new();
     let mut problems = Vec::new();
     let mut read = |rel: String, files: &mut FileSet| {
@@ -94,14 +116,7 @@ pub fn load_dir(root: &Path) -> Result<Model, Diagnostics> {
             &mut files,
         );
     }
-    match load_files(&files) {
-        Ok(model) if problems.is_empty() => Ok(model),
-        Ok(_) => Err(Diagnostics(problems).sorted()),
-        Err(mut d) => {
-            d.0.extend(problems);
-            Err(d.sorted())
-        }
-    }
+    Ok((files, problems))
 }
 
 /// Parses one YAML file into `T`, turning the parser's error into a

@@ -11,30 +11,8 @@ use desired_state::{FileSet, load_files};
 
 /// The example repository, read into memory.
 fn seed() -> Repo {
-    fn walk(root: &Path, dir: &Path, files: &mut FileSet) {
-        let mut entries: Vec<_> = std::fs::read_dir(dir)
-            .expect("example directory is readable")
-            .map(|e| e.expect("directory entry").path())
-            .collect();
-        entries.sort();
-        for path in entries {
-            if path.is_dir() {
-                walk(root, &path, files);
-            } else {
-                let rel = path.strip_prefix(root).expect("below the root");
-                let rel = rel
-                    .components()
-                    .map(|c| c.as_os_str().to_str().expect("UTF-8 path"))
-                    .collect::<Vec<_>>()
-                    .join("/");
-                files.insert(rel, std::fs::read(&path).expect("example file is readable"));
-            }
-        }
-    }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/seed");
-    let mut files = FileSet::new();
-    walk(&root, &root, &mut files);
-    Repo(files)
+    Repo(desired_state::read_repository(&root).unwrap_or_else(|d| panic!("{d}")))
 }
 
 /// An in-memory repository being edited into a broken one.

@@ -10,7 +10,6 @@
 use std::fmt::Write as _;
 use std::hint::black_box;
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use desired_state::FileSet;
@@ -35,34 +34,8 @@ const DIRECTORY_IDS: [&str; CONTROLLERS] = [
     "cEhSheak9bo3D5HiP5mqDg",
 ];
 
-fn example_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../desired-state/examples/seed")
-}
-
-fn read_example() -> FileSet {
-    fn walk(root: &Path, dir: &Path, files: &mut FileSet) {
-        for entry in std::fs::read_dir(dir).expect("example directory is readable") {
-            let path = entry.expect("directory entry").path();
-            if path.is_dir() {
-                walk(root, &path, files);
-            } else {
-                let rel = path
-                    .strip_prefix(root)
-                    .expect("below the root")
-                    .components()
-                    .map(|c| c.as_os_str().to_str().expect("UTF-8"))
-                    .collect::<Vec<_>>();
-                files.insert(
-                    rel.join("/"),
-                    std::fs::read(&path).expect("example file is readable"),
-                );
-            }
-        }
-    }
-    let mut files = FileSet::new();
-    walk(&example_dir(), &example_dir(), &mut files);
-    files
-}
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 /// The example with its nodes, topics and application users scaled up.
 fn large_repository(example: &FileSet) -> FileSet {
@@ -144,11 +117,8 @@ fn ms(d: Duration) -> String {
 }
 
 fn main() -> std::io::Result<()> {
-    let example = read_example();
-    let identity_text =
-        std::fs::read_to_string(example_dir().with_file_name("seed.example-only.age-identity"))
-            .expect("example identity");
-    let identity = desired_state::Identity::parse(&identity_text).expect("identity parses");
+    let example = support::example_files();
+    let identity = support::example_identity();
     let secrets = desired_state::load_files(&example)
         .unwrap_or_else(|d| panic!("{d}"))
         .decrypt_all(&identity)

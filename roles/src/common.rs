@@ -4,10 +4,10 @@
 
 use desired_state::{Distribution, Role};
 
-use crate::kafka::{self, config_file};
+use crate::kafka;
 use crate::layout::{self, MANAGED_HEADER};
 use crate::systemd::{UnitFile, quote_arg};
-use crate::{Ctx, OnChange, Plan, PlannedDir, PlannedUnit, RenderError, SystemUser};
+use crate::{Ctx, OnChange, Plan, PlannedDir, PlannedFile, PlannedUnit, RenderError, SystemUser};
 
 pub(crate) fn render(ctx: &Ctx<'_>, plan: &mut Plan) -> Result<(), RenderError> {
     let role = ctx.role();
@@ -17,7 +17,7 @@ pub(crate) fn render(ctx: &Ctx<'_>, plan: &mut Plan) -> Result<(), RenderError> 
     plan.directories.push(root_dir(layout::KAFKA_ETC));
     // World-readable: it holds only the public CA; node keys are 0600 files.
     plan.directories.push(root_dir(layout::TLS_DIR));
-    plan.files.push(config_file(
+    plan.files.push(PlannedFile::config(
         layout::TRUSTSTORE,
         ctx.model.ca_certificate.clone(),
         ca_on_change(role),
@@ -93,25 +93,16 @@ fn node_exporter_unit(ctx: &Ctx<'_>) -> Result<PlannedUnit, RenderError> {
         )
         .set("Restart", "always")
         .set("RestartSec", "5s")
-        .set("NoNewPrivileges", "yes")
         .set("ProtectSystem", "strict")
         // Read-only, not hidden: filesystem metrics cover /home too.
         .set("ProtectHome", "read-only")
-        .set("PrivateTmp", "yes")
-        .set("PrivateDevices", "yes")
-        .set("ProtectKernelTunables", "yes")
-        .set("ProtectKernelModules", "yes")
-        .set("ProtectControlGroups", "yes")
         .set(
             "RestrictAddressFamilies",
             "AF_UNIX AF_INET AF_INET6 AF_NETLINK",
         )
-        .set("RestrictNamespaces", "yes")
-        .set("RestrictRealtime", "yes")
-        .set("LockPersonality", "yes")
         .set("MemoryDenyWriteExecute", "yes")
-        .set("SystemCallArchitectures", "native")
         .set("CapabilityBoundingSet", "")
+        .sandbox()
         .section("Install")
         .set("WantedBy", "multi-user.target")
         .render(layout::NODE_EXPORTER_UNIT)?;
@@ -151,7 +142,7 @@ fn agent_unit(ctx: &Ctx<'_>) -> Result<PlannedUnit, RenderError> {
     let exec = [layout::AGENT_BIN, "run", "--config", layout::AGENT_CONFIG]
         .map(quote_arg)
         .join(" ");
-    let mut unit = UnitFile::new()
+    let unit = UnitFile::new()
         .comment(MANAGED_HEADER)
         .comment("No MemoryDenyWriteExecute: the agent runs Kafka's (Java) CLI tools.")
         .section("Unit")
@@ -170,32 +161,21 @@ fn agent_unit(ctx: &Ctx<'_>) -> Result<PlannedUnit, RenderError> {
         .set("Restart", "always")
         .set("RestartSec", "5s")
         .set("TimeoutStartSec", "120s")
-        .set("NoNewPrivileges", "yes")
         .set("ProtectSystem", "strict")
         .set("ReadWritePaths", writable.join(" "))
-        .set("PrivateTmp", "yes")
         .set("ProtectHome", "yes")
-        .set("PrivateDevices", "yes")
-        .set("ProtectKernelTunables", "yes")
-        .set("ProtectKernelModules", "yes")
-        .set("ProtectKernelLogs", "yes")
-        .set("ProtectControlGroups", "yes")
-        .set("ProtectClock", "yes")
-        .set("ProtectHostname", "yes")
-        .set("RestrictNamespaces", "yes")
-        .set("RestrictRealtime", "yes")
-        .set("LockPersonality", "yes")
         .set(
             "RestrictAddressFamilies",
             "AF_UNIX AF_INET AF_INET6 AF_NETLINK",
         )
-        .set("SystemCallArchitectures", "native")
         .set("SystemCallFilter", "@system-service")
         .set("SystemCallErrorNumber", "EPERM")
         .set("CapabilityBoundingSet", AGENT_DROPPED_CAPABILITIES);
-    if !installs_from_apt {
-        unit = unit.set("RestrictSUIDSGID", "yes");
-    }
+    let unit = if installs_from_apt {
+        unit.sandbox_for_package_installs()
+    } else {
+        unit.sandbox()
+    };
     let contents = unit
         .section("Install")
         .set("WantedBy", "multi-user.target")

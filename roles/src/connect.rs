@@ -6,7 +6,7 @@ use crate::kafka::{
     self, JmxRules, JvmService, Props, SCRAM_MECHANISM, exec_line, install_bin, literal, set,
 };
 use crate::layout::{self, MANAGED_HEADER};
-use crate::{Ctx, OnChange, Plan, RenderError, properties};
+use crate::{Ctx, OnChange, Plan, PlannedFile, RenderError, properties};
 
 /// The worker itself (no prefix) and the clients it creates for connectors.
 const CLIENT_PREFIXES: [&str; 4] = ["", "producer.", "consumer.", "admin."];
@@ -95,7 +95,7 @@ pub(crate) fn render(ctx: &Ctx<'_>, plan: &mut Plan) -> Result<(), RenderError> 
             group: "root".to_owned(),
         }));
     plan.files.extend([
-        kafka::config_file(
+        PlannedFile::config(
             layout::CONNECT_PROPERTIES,
             properties::render(MANAGED_HEADER, &props),
             OnChange::Restart(unit.to_owned()),

@@ -185,19 +185,6 @@ pub(crate) fn merge_settings(props: &mut Props, role: &Properties, node: &Proper
     }
 }
 
-/// A configuration file readable by everyone, owned by root.
-pub(crate) fn config_file(path: &str, contents: String, on_change: OnChange) -> PlannedFile {
-    PlannedFile {
-        path: path.to_owned(),
-        mode: 0o644,
-        owner: "root".to_owned(),
-        group: "root".to_owned(),
-        contents: contents.into_bytes(),
-        sensitive: false,
-        on_change,
-    }
-}
-
 /// A file holding secrets: only the `kafka` user reads it, and the agent
 /// never logs or reports its contents.
 pub(crate) fn secret_file(path: &str, contents: String, on_change: OnChange) -> PlannedFile {
@@ -225,7 +212,7 @@ pub(crate) fn kafka_dir(path: &str) -> PlannedDir {
 /// `server.properties`. Kafka reads it only at start; keys that can change
 /// at runtime are applied by the agent through the Admin API instead.
 pub(crate) fn server_properties(props: &Props) -> PlannedFile {
-    config_file(
+    PlannedFile::config(
         layout::SERVER_PROPERTIES,
         properties::render(MANAGED_HEADER, props),
         OnChange::Restart(layout::KAFKA_UNIT.to_owned()),
@@ -258,7 +245,7 @@ pub(crate) fn controller_client_properties() -> PlannedFile {
     set(&mut props, "security.protocol", "SSL");
     pem_keystore(&mut props, "");
     pem_truststore(&mut props, "");
-    config_file(
+    PlannedFile::config(
         layout::CONTROLLER_CLIENT_PROPERTIES,
         properties::render(MANAGED_HEADER, &props),
         OnChange::Nothing,
@@ -316,7 +303,11 @@ pub(crate) fn kafka_env(
         ),
     )?);
     text.push_str(&env_line(file, "LOG_DIR", layout::KAFKA_LOG_DIR)?);
-    Ok(config_file(file, text, OnChange::Restart(unit.to_owned())))
+    Ok(PlannedFile::config(
+        file,
+        text,
+        OnChange::Restart(unit.to_owned()),
+    ))
 }
 
 /// The environment variable of the format unit holding a user's salted
@@ -561,7 +552,7 @@ pub(crate) fn jmx_exporter_config(rules: JmxRules, unit: &str) -> Result<Planned
     let options = serde_saphyr::ser_options! { prefer_block_scalars: false };
     let body = serde_saphyr::to_string_with_options(&config, options)
         .map_err(|e| invalid(file, e.to_string()))?;
-    Ok(config_file(
+    Ok(PlannedFile::config(
         file,
         format!("# {MANAGED_HEADER}\n{body}"),
         OnChange::Restart(unit.to_owned()),
@@ -648,14 +639,8 @@ pub(crate) fn jvm_unit(service: &JvmService<'_>) -> Result<PlannedUnit, RenderEr
         // The JVM exits 143 (128 + SIGTERM) after a clean shutdown.
         .set("SuccessExitStatus", "143")
         .set("LimitNOFILE", LIMIT_NOFILE)
-        .set("NoNewPrivileges", "yes")
         .set("ProtectSystem", "full")
-        .set("PrivateDevices", "yes")
-        .set("ProtectKernelTunables", "yes")
-        .set("ProtectKernelModules", "yes")
-        .set("ProtectControlGroups", "yes")
-        .set("RestrictSUIDSGID", "yes")
-        .set("LockPersonality", "yes")
+        .sandbox()
         .section("Install")
         .set("WantedBy", "multi-user.target")
         .render(service.unit)?;
@@ -742,9 +727,8 @@ pub(crate) fn format_unit(
         .set("ExecStart", exec_line(&args))
         .set("TimeoutStartSec", "300")
         .set("ProtectProc", "invisible")
-        .set("NoNewPrivileges", "yes")
-        .set("PrivateTmp", "yes")
         .set("ProtectSystem", "full")
+        .sandbox()
         .render(layout::FORMAT_UNIT)?;
     Ok(PlannedUnit {
         name: layout::FORMAT_UNIT.to_owned(),

@@ -48,19 +48,6 @@ fn yaml<T: Serialize>(file: &str, value: &T) -> Result<String, RenderError> {
     Ok(format!("# {MANAGED_HEADER}\n{body}"))
 }
 
-/// A world-readable configuration file owned by root.
-fn config_file(path: &str, contents: String, on_change: OnChange) -> PlannedFile {
-    PlannedFile {
-        path: path.to_owned(),
-        mode: 0o644,
-        owner: "root".to_owned(),
-        group: "root".to_owned(),
-        contents: contents.into_bytes(),
-        sensitive: false,
-        on_change,
-    }
-}
-
 fn dir(path: &str, mode: u32, owner: &str, group: &str) -> PlannedDir {
     PlannedDir {
         path: path.to_owned(),
@@ -303,7 +290,7 @@ fn prometheus(ctx: &Ctx<'_>, plan: &mut Plan) -> Result<(), RenderError> {
         scrape_configs: scrape_configs(ctx),
     };
     let reload = OnChange::Reload(layout::PROMETHEUS_UNIT.to_owned());
-    plan.files.push(config_file(
+    plan.files.push(PlannedFile::config(
         layout::PROMETHEUS_CONFIG,
         yaml(layout::PROMETHEUS_CONFIG, &config)?,
         reload.clone(),
@@ -314,7 +301,8 @@ fn prometheus(ctx: &Ctx<'_>, plan: &mut Plan) -> Result<(), RenderError> {
         let stem = name.strip_suffix(".yaml").unwrap_or(name);
         let path = format!("{}/{stem}.yaml", layout::PROMETHEUS_RULES_DIR);
         let text = yaml(&path, &rules.item.value)?;
-        plan.files.push(config_file(&path, text, reload.clone()));
+        plan.files
+            .push(PlannedFile::config(&path, text, reload.clone()));
     }
 
     let exec = command(&[
@@ -343,10 +331,9 @@ fn prometheus(ctx: &Ctx<'_>, plan: &mut Plan) -> Result<(), RenderError> {
         // Give the TSDB time to write its head block rather than killing it.
         .set("TimeoutStopSec", "120s")
         .set("LimitNOFILE", "65536")
-        .set("NoNewPrivileges", "yes")
-        .set("PrivateTmp", "yes")
         .set("ProtectHome", "yes")
         .set("ProtectSystem", "full")
+        .sandbox()
         .section("Install")
         .set("WantedBy", "multi-user.target");
     plan.units.push(unit(layout::PROMETHEUS_UNIT, &file)?);
@@ -468,7 +455,7 @@ fn alertmanager(ctx: &Ctx<'_>, plan: &mut Plan) -> Result<(), RenderError> {
         },
         receivers,
     };
-    plan.files.push(config_file(
+    plan.files.push(PlannedFile::config(
         layout::ALERTMANAGER_CONFIG,
         yaml(layout::ALERTMANAGER_CONFIG, &config)?,
         OnChange::Reload(layout::ALERTMANAGER_UNIT.to_owned()),
@@ -504,10 +491,9 @@ fn alertmanager(ctx: &Ctx<'_>, plan: &mut Plan) -> Result<(), RenderError> {
         .set("ExecReload", "/bin/kill -HUP $MAINPID")
         .set("Restart", "on-failure")
         .set("RestartSec", "5s")
-        .set("NoNewPrivileges", "yes")
-        .set("PrivateTmp", "yes")
         .set("ProtectHome", "yes")
         .set("ProtectSystem", "full")
+        .sandbox()
         .section("Install")
         .set("WantedBy", "multi-user.target");
     plan.units.push(unit(layout::ALERTMANAGER_UNIT, &file)?);
@@ -620,7 +606,7 @@ fn grafana(ctx: &Ctx<'_>, plan: &mut Plan) -> Result<(), RenderError> {
     let readable = |path: &str, contents: String| PlannedFile {
         mode: 0o640,
         group: layout::GRAFANA_USER.to_owned(),
-        ..config_file(path, contents, restart.clone())
+        ..PlannedFile::config(path, contents, restart.clone())
     };
 
     let mut security = vec![("admin_user", spec.admin_user.to_string())];
@@ -726,7 +712,8 @@ fn grafana(ctx: &Ctx<'_>, plan: &mut Plan) -> Result<(), RenderError> {
                 message: e.to_string(),
             })?;
         text.push('\n');
-        plan.files.push(config_file(&path, text, OnChange::Nothing));
+        plan.files
+            .push(PlannedFile::config(&path, text, OnChange::Nothing));
     }
 
     let exec = command(&[
@@ -755,10 +742,9 @@ fn grafana(ctx: &Ctx<'_>, plan: &mut Plan) -> Result<(), RenderError> {
         .set("Restart", "on-failure")
         .set("RestartSec", "5s")
         .set("LimitNOFILE", "10000")
-        .set("NoNewPrivileges", "yes")
-        .set("PrivateTmp", "yes")
         .set("ProtectHome", "yes")
         .set("ProtectSystem", "full")
+        .sandbox()
         .section("Install")
         .set("WantedBy", "multi-user.target");
     plan.units.push(unit(layout::GRAFANA_UNIT, &file)?);
@@ -828,7 +814,7 @@ fn coordinator(ctx: &Ctx<'_>, plan: &mut Plan) -> Result<(), RenderError> {
     plan.files.push(PlannedFile {
         mode: 0o600,
         sensitive: true,
-        ..config_file(
+        ..PlannedFile::config(
             layout::ADMIN_CLIENT_PROPERTIES,
             crate::properties::render(MANAGED_HEADER, &properties),
             restart.clone(),
@@ -850,7 +836,7 @@ fn coordinator(ctx: &Ctx<'_>, plan: &mut Plan) -> Result<(), RenderError> {
         alertmanager_url: http_url(addr, ports.alertmanager),
         rollout: model.cluster.rollout.clone(),
     };
-    plan.files.push(config_file(
+    plan.files.push(PlannedFile::config(
         layout::COORDINATOR_CONFIG,
         yaml(layout::COORDINATOR_CONFIG, &config)?,
         restart,
@@ -880,25 +866,12 @@ fn coordinator(ctx: &Ctx<'_>, plan: &mut Plan) -> Result<(), RenderError> {
         .set("RestartSec", "5s")
         .set("StateDirectory", "kraftops-coordinator")
         .set("CapabilityBoundingSet", "")
-        .set("NoNewPrivileges", "yes")
-        .set("PrivateTmp", "yes")
-        .set("PrivateDevices", "yes")
         .set("ProtectSystem", "strict")
         .set("ProtectHome", "yes")
-        .set("ProtectKernelTunables", "yes")
-        .set("ProtectKernelModules", "yes")
-        .set("ProtectKernelLogs", "yes")
-        .set("ProtectControlGroups", "yes")
-        .set("ProtectClock", "yes")
-        .set("ProtectHostname", "yes")
         .set("RestrictAddressFamilies", "AF_UNIX AF_INET AF_INET6")
-        .set("RestrictNamespaces", "yes")
-        .set("RestrictRealtime", "yes")
-        .set("RestrictSUIDSGID", "yes")
-        .set("LockPersonality", "yes")
         .set("MemoryDenyWriteExecute", "yes")
-        .set("SystemCallArchitectures", "native")
         .set("SystemCallFilter", "@system-service")
+        .sandbox()
         .section("Install")
         .set("WantedBy", "multi-user.target");
     plan.units.push(unit(layout::COORDINATOR_UNIT, &file)?);

@@ -83,6 +83,21 @@ pub struct PlannedFile {
     pub on_change: OnChange,
 }
 
+impl PlannedFile {
+    /// A configuration file readable by everyone, owned by root.
+    pub fn config(path: &str, contents: String, on_change: OnChange) -> Self {
+        Self {
+            path: path.to_owned(),
+            mode: 0o644,
+            owner: "root".to_owned(),
+            group: "root".to_owned(),
+            contents: contents.into_bytes(),
+            sensitive: false,
+            on_change,
+        }
+    }
+}
+
 impl std::fmt::Debug for PlannedFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PlannedFile")

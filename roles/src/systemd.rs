@@ -47,6 +47,27 @@ impl UnitFile {
         self
     }
 
+    /// Adds the sandbox every kraftops service gets, to the current
+    /// `[Service]` section: no privilege gain, private /tmp and /dev, kernel,
+    /// clock, hostname and cgroups read-only, no new namespaces or realtime
+    /// scheduling, native syscalls only. Services add what is theirs
+    /// (`ProtectSystem=`, writable paths, `MemoryDenyWriteExecute=` where no
+    /// JIT runs, capabilities).
+    pub fn sandbox(self) -> Self {
+        SANDBOX
+            .iter()
+            .fold(self, |unit, (key, value)| unit.set(key, *value))
+    }
+
+    /// [`UnitFile::sandbox`] but without `RestrictSUIDSGID=`, for a process
+    /// that installs packages (which may ship setuid helpers).
+    pub fn sandbox_for_package_installs(self) -> Self {
+        SANDBOX
+            .iter()
+            .filter(|(key, _)| *key != "RestrictSUIDSGID")
+            .fold(self, |unit, (key, value)| unit.set(key, *value))
+    }
+
     /// Renders the unit. `name` is only used in the error.
     pub fn render(&self, name: &str) -> Result<String, UnitValueError> {
         let mut out = String::new();
@@ -71,6 +92,24 @@ impl UnitFile {
         Ok(out)
     }
 }
+
+/// The baseline of [`UnitFile::sandbox`].
+const SANDBOX: &[(&str, &str)] = &[
+    ("NoNewPrivileges", "yes"),
+    ("PrivateTmp", "yes"),
+    ("PrivateDevices", "yes"),
+    ("ProtectKernelTunables", "yes"),
+    ("ProtectKernelModules", "yes"),
+    ("ProtectKernelLogs", "yes"),
+    ("ProtectControlGroups", "yes"),
+    ("ProtectClock", "yes"),
+    ("ProtectHostname", "yes"),
+    ("RestrictNamespaces", "yes"),
+    ("RestrictRealtime", "yes"),
+    ("RestrictSUIDSGID", "yes"),
+    ("LockPersonality", "yes"),
+    ("SystemCallArchitectures", "native"),
+];
 
 /// Quotes one word of an `ExecStart=` command line for systemd: wrapped in
 /// double quotes with `\`, `"` and `$`/`%` specials escaped, so the value is
@@ -127,6 +166,24 @@ mod tests {
             err.to_string(),
             "unit x.service: value of Description= contains a line break or control character"
         );
+    }
+
+    #[test]
+    fn sandbox_variants() {
+        let full = UnitFile::new()
+            .section("Service")
+            .sandbox()
+            .render("a.service")
+            .expect("renders");
+        let pkg = UnitFile::new()
+            .section("Service")
+            .sandbox_for_package_installs()
+            .render("b.service")
+            .expect("renders");
+        assert!(
+            full.contains("\nRestrictSUIDSGID=yes\n") && full.contains("\nNoNewPrivileges=yes\n")
+        );
+        assert!(!pkg.contains("RestrictSUIDSGID") && pkg.contains("\nProtectKernelModules=yes\n"));
     }
 
     #[test]

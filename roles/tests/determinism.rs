@@ -4,43 +4,17 @@
 //! files exactly as it went in, however much escaping it needs.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use desired_state::FileSet;
 use proptest::prelude::*;
 
-fn example() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../desired-state/examples/seed")
-}
+mod support;
 
 /// The example repository's files.
 fn seed_files() -> &'static FileSet {
     static FILES: OnceLock<FileSet> = OnceLock::new();
-    FILES.get_or_init(|| {
-        fn walk(root: &Path, dir: &Path, files: &mut FileSet) {
-            for entry in std::fs::read_dir(dir).expect("example directory is readable") {
-                let path = entry.expect("directory entry").path();
-                if path.is_dir() {
-                    walk(root, &path, files);
-                } else {
-                    let rel = path
-                        .strip_prefix(root)
-                        .expect("below the root")
-                        .components()
-                        .map(|c| c.as_os_str().to_str().expect("UTF-8"))
-                        .collect::<Vec<_>>();
-                    files.insert(
-                        rel.join("/"),
-                        std::fs::read(&path).expect("example file is readable"),
-                    );
-                }
-            }
-        }
-        let mut files = FileSet::new();
-        walk(&example(), &example(), &mut files);
-        files
-    })
+    FILES.get_or_init(support::example_files)
 }
 
 /// The example's secrets, decrypted with the example identity. Every
@@ -50,12 +24,8 @@ fn secrets() -> &'static roles::Secrets {
     SECRETS.get_or_init(|| {
         let model = desired_state::load_files(seed_files())
             .unwrap_or_else(|d| panic!("the example loads: {d}"));
-        let identity_text =
-            std::fs::read_to_string(example().with_file_name("seed.example-only.age-identity"))
-                .expect("example identity");
-        let identity = desired_state::Identity::parse(&identity_text).expect("identity parses");
         model
-            .decrypt_all(&identity)
+            .decrypt_all(&support::example_identity())
             .expect("the example's secrets decrypt")
     })
 }

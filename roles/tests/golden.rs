@@ -2,19 +2,10 @@
 //! repository, one snapshot directory per node. Regenerate with
 //! `INSTA_UPDATE=always cargo test -p roles --test golden` and review the diff.
 
-use std::path::PathBuf;
-
-fn example() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../desired-state/examples/seed")
-}
+mod support;
 
 fn render_example() -> (Vec<roles::Plan>, roles::Secrets) {
-    let model = desired_state::load_dir(&example()).unwrap_or_else(|d| panic!("{d}"));
-    let identity_text =
-        std::fs::read_to_string(example().with_file_name("seed.example-only.age-identity"))
-            .expect("example identity");
-    let identity = desired_state::Identity::parse(&identity_text).expect("identity parses");
-    let secrets = model.decrypt_all(&identity).expect("secrets decrypt");
+    let (model, secrets) = support::load_example();
     let plans = roles::render_all(&model, &secrets).expect("example renders");
     (plans, secrets)
 }

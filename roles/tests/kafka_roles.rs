@@ -3,26 +3,15 @@
 //! of it), plus the JMX exporter's metric-name contract.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use desired_state::types::{Name, PropertyKey, PropertyValue, SingleLine, Url};
 use desired_state::{Distribution, Located, Model};
 use roles::scram::ScramCredential;
 use roles::{OnChange, Plan, RenderError, Secrets, layout, properties};
 
-fn example() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../desired-state/examples/seed")
-}
+mod support;
 
-fn load() -> (Model, Secrets) {
-    let model = desired_state::load_dir(&example()).unwrap_or_else(|d| panic!("{d}"));
-    let identity_text =
-        std::fs::read_to_string(example().with_file_name("seed.example-only.age-identity"))
-            .expect("example identity");
-    let identity = desired_state::Identity::parse(&identity_text).expect("identity parses");
-    let secrets = model.decrypt_all(&identity).expect("secrets decrypt");
-    (model, secrets)
-}
+use support::load_example as load;
 
 fn render(model: &Model, secrets: &Secrets, node: &str) -> Plan {
     roles::render(model, node, secrets).unwrap_or_else(|e| panic!("rendering {node}: {e}"))

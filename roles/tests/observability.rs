@@ -13,9 +13,9 @@ use serde_json::Value;
 
 const NODE: &str = "observability-1";
 
-fn example() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../desired-state/examples/seed")
-}
+mod support;
+
+use support::example_dir as example;
 
 /// The promtool unit tests of the example's alert rules.
 fn rule_tests() -> Vec<PathBuf> {
@@ -59,12 +59,7 @@ impl Rendered {
 }
 
 fn render() -> Rendered {
-    let model = desired_state::load_dir(&example()).unwrap_or_else(|d| panic!("{d}"));
-    let identity_text =
-        std::fs::read_to_string(example().with_file_name("seed.example-only.age-identity"))
-            .expect("example identity");
-    let identity = desired_state::Identity::parse(&identity_text).expect("identity parses");
-    let secrets = model.decrypt_all(&identity).expect("secrets decrypt");
+    let (model, secrets) = support::load_example();
     let plan =
         roles::render(&model, NODE, &secrets).unwrap_or_else(|e| panic!("{NODE} renders: {e}"));
     let root = tempfile::tempdir().expect("temporary directory");

@@ -10,7 +10,7 @@
 //! output naming one of the units counts as a failure too.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 const SYSTEMD_ANALYZE: &str = "systemd-analyze";
@@ -18,17 +18,10 @@ const SYSTEMD_ANALYZE: &str = "systemd-analyze";
 /// Where the host's packaged units are; `sysinit.target` must be among them.
 const HOST_UNIT_DIRS: [&str; 2] = ["/usr/lib/systemd/system", "/lib/systemd/system"];
 
-fn example() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../desired-state/examples/seed")
-}
+mod support;
 
 fn render_example() -> Vec<roles::Plan> {
-    let model = desired_state::load_dir(&example()).unwrap_or_else(|d| panic!("{d}"));
-    let identity_text =
-        std::fs::read_to_string(example().with_file_name("seed.example-only.age-identity"))
-            .expect("example identity");
-    let identity = desired_state::Identity::parse(&identity_text).expect("identity parses");
-    let secrets = model.decrypt_all(&identity).expect("secrets decrypt");
+    let (model, secrets) = support::load_example();
     roles::render_all(&model, &secrets).expect("example renders")
 }
 
