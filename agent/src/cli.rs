@@ -33,6 +33,40 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Run the node agent: keep this node in line with the repository.
+    Run {
+        #[arg(long, default_value = "/etc/kraftops/agent.yaml")]
+        config: PathBuf,
+    },
+    /// Run the coordinator (on the observability node).
+    Coordinator {
+        /// The coordinator's config, rendered by the observability role.
+        #[arg(long, default_value = "/etc/kraftops/coordinator.yaml")]
+        config: PathBuf,
+        /// The node agent's config: where the repository is, and the identity.
+        #[arg(long, default_value = "/etc/kraftops/agent.yaml")]
+        agent_config: PathBuf,
+    },
+    /// Create a new desired-state repository from a template.
+    Init(InitArgs),
+}
+
+#[derive(Debug, Args)]
+struct InitArgs {
+    /// The new repository's directory (must be empty or absent).
+    dir: PathBuf,
+    /// The cluster's name.
+    #[arg(long)]
+    name: String,
+    /// The repository to copy the topology from.
+    #[arg(long, default_value = "desired-state/examples/seed")]
+    template: PathBuf,
+    /// Where to write the new age identity (outside the repository).
+    #[arg(long)]
+    identity_out: PathBuf,
+    /// More age recipients (age1…) to encrypt every secret to.
+    #[arg(long = "recipient")]
+    recipients: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -70,6 +104,22 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<ExitCode>
         Command::Validate { dir } => validate(&dir),
         Command::Render(args) => render(&args),
         Command::Schema { out } => schema(&out),
+        Command::Run { config } => {
+            init_tracing();
+            let config = kraftops_agent_config(&config)?;
+            runtime()?.block_on(crate::daemon::run(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Coordinator {
+            config,
+            agent_config,
+        } => {
+            init_tracing();
+            let agent = kraftops_agent_config(&agent_config)?;
+            runtime()?.block_on(crate::coordinator::service::run(&config, agent))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Init(args) => init(&args),
     }
 }
 
@@ -190,5 +240,48 @@ fn schema(out: &Path) -> anyhow::Result<ExitCode> {
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
         writeln!(stdout, "wrote {}", path.display())?;
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn kraftops_agent_config(path: &Path) -> anyhow::Result<crate::config::AgentConfig> {
+    Ok(crate::config::AgentConfig::load(path)?)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Logs to stderr: human-readable on a terminal, JSON otherwise (under
+/// systemd, journald keeps the fields). `RUST_LOG` filters (default `info`).
+fn init_tracing() {
+    use std::io::IsTerminal as _;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if std::io::stderr().is_terminal() {
+        builder.try_init()
+    } else {
+        builder.json().flatten_event(true).try_init()
+    };
+}
+
+fn init(args: &InitArgs) -> anyhow::Result<ExitCode> {
+    let mut opts = crate::init::InitOptions::new(&args.name, &args.template, &args.identity_out);
+    opts.recipients.clone_from(&args.recipients);
+    let report = crate::init::init(&args.dir, &opts)?;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(
+        stdout,
+        "created {} (cluster {}, KRaft id {}); identity in {}",
+        report.dir.display(),
+        report.cluster_name,
+        report.kraft_cluster_id,
+        args.identity_out.display()
+    )?;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,15 +1,9 @@
-//! `kraftops-agent`: the node agent's command line.
-//!
-//! For now the one-shot commands an operator runs on a desired-state
-//! repository: `validate` (what a repository's own CI runs) and `render`
-//! (what a node would get), plus `schema` (the JSON Schemas of the files).
-
-mod cli;
+//! `kraftops-agent`: the node agent's command line (see `kraftops_agent::cli`).
 
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    match cli::run(std::env::args_os()) {
+    match kraftops_agent::cli::run(std::env::args_os()) {
         Ok(code) => code,
         Err(err) => {
             #[allow(clippy::print_stderr)]

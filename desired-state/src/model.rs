@@ -144,11 +144,11 @@ pub enum Distribution {
     /// the digest itself (`sha512`, pinned in git: strongest) or where the
     /// publisher's digest file is (`sha512_url`, e.g. Apache's `.sha512`).
     Tarball {
-        url: Url,
+        url: DownloadUrl,
         #[serde(default)]
         sha512: Option<Sha512Hex>,
         #[serde(default)]
-        sha512_url: Option<Url>,
+        sha512_url: Option<DownloadUrl>,
     },
     /// A Debian package from an apt source.
     Apt {
@@ -171,7 +171,7 @@ pub struct JmxExporterSpec {
     pub jar: AbsPath,
     /// Where to download it from, when the node does not have it yet.
     #[serde(default)]
-    pub url: Option<Url>,
+    pub url: Option<DownloadUrl>,
     #[serde(default)]
     pub sha512: Option<Sha512Hex>,
 }

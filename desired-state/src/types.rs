@@ -299,6 +299,27 @@ string_newtype!(
 );
 
 string_newtype!(
+    /// Where a download comes from: an `http://` or `https://` URL, or a
+    /// `file:///absolute/path` on the node (an image-baked or locally cached
+    /// artifact).
+    DownloadUrl,
+    pattern = Some("^(https?://|file:///)[^\\s\"'<>\\\\]+$"),
+    description = "an http://, https:// or file:/// URL",
+    check = |s| {
+        if let Some(path) = s.strip_prefix("file://") {
+            if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
+                return Err(format!("URL {s:?} must name an absolute path without '..' (file:///…)"));
+            }
+            if s.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | '\'' | '<' | '>' | '\\')) {
+                return Err(format!("URL {s:?} contains whitespace, a quote or a control character"));
+            }
+            return Ok(());
+        }
+        Url::try_from(s).map(|_| ()).map_err(|e| e.0.replace("http:// or https://", "http://, https:// or file:///"))
+    }
+);
+
+string_newtype!(
     /// A hex-encoded SHA-512 digest (128 hex digits).
     Sha512Hex,
     pattern = Some("^[0-9a-f]{128}$"),
@@ -627,6 +648,11 @@ mod tests {
         assert!(AbsPath::try_from("/var/../etc").is_err());
         assert!(AbsPath::try_from("relative").is_err());
         assert!(RepoPath::try_from("../x").is_err());
+        assert!(DownloadUrl::try_from("file:///var/cache/kafka.tgz").is_ok());
+        assert!(DownloadUrl::try_from("https://example.org/kafka.tgz").is_ok());
+        assert!(DownloadUrl::try_from("file://relative/x").is_err());
+        assert!(DownloadUrl::try_from("file:///a/../b").is_err());
+        assert!(DownloadUrl::try_from("ftp://x/y").is_err());
         assert!(LabelName::try_from("severity").is_ok());
         assert!(LabelName::try_from("a.b").is_err());
         assert!(LabelName::try_from("__name__").is_err());

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use desired_state::types::{Name, PropertyKey, PropertyValue, SingleLine, Url};
+use desired_state::types::{DownloadUrl, Name, PropertyKey, PropertyValue, SingleLine};
 use desired_state::{Distribution, Located, Model};
 use roles::scram::ScramCredential;
 use roles::{OnChange, Plan, RenderError, Secrets, layout, properties};
@@ -702,7 +702,7 @@ fn artifacts_follow_the_distribution() {
     assert_eq!(kafka.on_change, restart(layout::KAFKA_UNIT));
 
     model.cluster.kafka.jmx_exporter.url =
-        Some(Url::try_from("https://repo.example/jmx.jar").expect("url"));
+        Some(DownloadUrl::try_from("https://repo.example/jmx.jar").expect("url"));
     model.cluster.kafka.distribution.value = Distribution::Apt {
         source: SingleLine::try_from(
             "deb [signed-by=/usr/share/keyrings/kafka.gpg] https://apt.example stable main",

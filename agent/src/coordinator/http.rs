@@ -1,0 +1,307 @@
+//! The coordinator's HTTP API: routes, request reading, and graceful serving.
+//! Handlers only read the request and call [`Coordinator`]; every refusal
+//! is a [`Refusal`] and becomes a JSON `ApiError`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use super::alerts::{AlertmanagerWebhook, AlertsAccepted, ReceivedAlert};
+use super::auth::{SIGNATURE_HEADER, bearer_token, webhook_signature_valid};
+use super::{Coordinator, Refusal};
+use crate::protocol::{
+    CertificateRequestBody, CertificateResponse, Lease, LeaseRequest, NodeView, Nudge, StatusReport,
+};
+
+/// The largest request body accepted, on every endpoint.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// How long a nudge long-poll waits without a `timeout` parameter.
+pub const DEFAULT_POLL_SECONDS: u64 = 25;
+/// The longest `timeout` a nudge long-poll honours.
+pub const MAX_POLL_SECONDS: u64 = 60;
+
+type Shared = State<Arc<Coordinator>>;
+
+/// The coordinator's routes. Requests are traced; bodies are limited to
+/// [`MAX_BODY_BYTES`].
+pub fn router(state: Arc<Coordinator>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/v1/nodes", get(list_nodes))
+        .route("/v1/nodes/{name}", get(get_node))
+        .route("/v1/nodes/{name}/status", post(post_status))
+        .route("/v1/certificates", post(post_certificate))
+        .route("/v1/ca.pem", get(get_ca))
+        .route("/v1/leases", get(list_leases))
+        .route(
+            "/v1/leases/{role}",
+            post(acquire_lease).put(renew_lease).delete(release_lease),
+        )
+        .route("/v1/nudges", get(poll_nudges))
+        .route("/v1/nudge", post(post_nudge))
+        .route("/v1/hooks/git", post(git_webhook))
+        .route("/v1/alerts", get(list_alerts).post(post_alerts))
+        .fallback(|| async { Refusal::NoSuchEndpoint })
+        .method_not_allowed_fallback(|| async { Refusal::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(trace_request))
+        .with_state(state)
+}
+
+/// Ends long-polls when the server shuts down, so graceful shutdown does not
+/// wait out every agent's poll.
+#[derive(Clone, Debug)]
+struct ShuttingDown(CancellationToken);
+
+/// Serves the coordinator on `listener` until `shutdown` is cancelled, then
+/// finishes the requests in flight (nudge long-polls return at once) and
+/// returns.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<Coordinator>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let address = listener.local_addr()?;
+    tracing::info!(%address, cluster = %state.cluster(), "coordinator listening");
+    let app = router(state).layer(Extension(ShuttingDown(shutdown.clone())));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await?;
+    tracing::info!(%address, "coordinator stopped");
+    Ok(())
+}
+
+/// One event per request: method, path (never headers: they carry tokens),
+/// status and duration. Successful reads are debug-level, since agents poll.
+async fn trace_request(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let span = tracing::info_span!("coordinator_request", %method, %path);
+    let started = Instant::now();
+    let response = next.run(request).instrument(span.clone()).await;
+    let status = response.status().as_u16();
+    let elapsed_ms = started.elapsed().as_millis();
+    span.in_scope(|| {
+        if status >= 500 {
+            tracing::warn!(status, elapsed_ms, "request failed");
+        } else if status >= 400 || method != axum::http::Method::GET {
+            tracing::info!(status, elapsed_ms, "request");
+        } else {
+            tracing::debug!(status, elapsed_ms, "request");
+        }
+    });
+    response
+}
+
+fn unreadable(status: StatusCode, message: String) -> Refusal {
+    Refusal::Unreadable { status, message }
+}
+
+fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, Refusal> {
+    body.map(|Json(value)| value)
+        .map_err(|rejection| unreadable(rejection.status(), rejection.body_text()))
+}
+
+fn path_param(path: Result<Path<String>, PathRejection>) -> Result<String, Refusal> {
+    path.map(|Path(value)| value)
+        .map_err(|rejection| unreadable(rejection.status(), rejection.body_text()))
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "UP" }))
+}
+
+async fn list_nodes(State(coordinator): Shared) -> Json<Vec<NodeView>> {
+    Json(coordinator.nodes())
+}
+
+async fn get_node(
+    State(coordinator): Shared,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Json<NodeView>, Refusal> {
+    coordinator.node(&path_param(name)?).map(Json)
+}
+
+async fn post_status(
+    State(coordinator): Shared,
+    name: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Json<StatusReport>, JsonRejection>,
+) -> Result<Json<NodeView>, Refusal> {
+    let authenticated = coordinator.authenticate(bearer_token(&headers))?;
+    let name = path_param(name)?;
+    let report = json_body(body)?;
+    coordinator
+        .record_report(&authenticated, &name, report)
+        .map(Json)
+}
+
+async fn post_certificate(
+    State(coordinator): Shared,
+    headers: HeaderMap,
+    body: Result<Json<CertificateRequestBody>, JsonRejection>,
+) -> Result<Json<CertificateResponse>, Refusal> {
+    let authenticated = coordinator.authenticate(bearer_token(&headers))?;
+    let request = json_body(body)?;
+    coordinator
+        .sign_certificate(&authenticated, request)
+        .await
+        .map(Json)
+}
+
+async fn get_ca(State(coordinator): Shared) -> Response {
+    (
+        [(CONTENT_TYPE, "text/plain; charset=utf-8")],
+        coordinator.ca_pem(),
+    )
+        .into_response()
+}
+
+async fn list_leases(State(coordinator): Shared) -> Json<Vec<Lease>> {
+    Json(coordinator.leases())
+}
+
+/// The caller, the role and the request of a lease endpoint.
+fn lease_call(
+    coordinator: &Coordinator,
+    role: Result<Path<String>, PathRejection>,
+    headers: &HeaderMap,
+    body: Result<Json<LeaseRequest>, JsonRejection>,
+) -> Result<(String, String, LeaseRequest), Refusal> {
+    let authenticated = coordinator.authenticate(bearer_token(headers))?;
+    Ok((authenticated, path_param(role)?, json_body(body)?))
+}
+
+async fn acquire_lease(
+    State(coordinator): Shared,
+    role: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Json<LeaseRequest>, JsonRejection>,
+) -> Result<Json<Lease>, Refusal> {
+    let (authenticated, role, request) = lease_call(&coordinator, role, &headers, body)?;
+    coordinator
+        .acquire_lease(&authenticated, &role, &request)
+        .map(Json)
+}
+
+async fn renew_lease(
+    State(coordinator): Shared,
+    role: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Json<LeaseRequest>, JsonRejection>,
+) -> Result<Json<Lease>, Refusal> {
+    let (authenticated, role, request) = lease_call(&coordinator, role, &headers, body)?;
+    coordinator
+        .renew_lease(&authenticated, &role, &request)
+        .map(Json)
+}
+
+async fn release_lease(
+    State(coordinator): Shared,
+    role: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Json<LeaseRequest>, JsonRejection>,
+) -> Result<StatusCode, Refusal> {
+    let (authenticated, role, request) = lease_call(&coordinator, role, &headers, body)?;
+    coordinator.release_lease(&authenticated, &role, &request)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+struct PollQuery {
+    after: Option<u64>,
+    timeout: Option<u64>,
+}
+
+/// Returns as soon as the generation passes `after`, or after the timeout
+/// (or at shutdown) with the current generation. Without `after` it returns
+/// the current generation at once.
+async fn poll_nudges(
+    State(coordinator): Shared,
+    query: Result<Query<PollQuery>, QueryRejection>,
+    shutting_down: Option<Extension<ShuttingDown>>,
+) -> Result<Json<Nudge>, Refusal> {
+    let Query(query) =
+        query.map_err(|rejection| unreadable(rejection.status(), rejection.body_text()))?;
+    let mut nudges = coordinator.subscribe_nudges();
+    let Some(after) = query.after else {
+        return Ok(Json(Nudge {
+            generation: coordinator.generation(),
+        }));
+    };
+    let timeout = Duration::from_secs(
+        query
+            .timeout
+            .unwrap_or(DEFAULT_POLL_SECONDS)
+            .min(MAX_POLL_SECONDS),
+    );
+    let shutdown = shutting_down
+        .map(|Extension(ShuttingDown(token))| token)
+        .unwrap_or_default();
+    tokio::select! {
+        // A closed channel cannot happen while the coordinator lives; either
+        // way the current generation is the answer.
+        _ = tokio::time::timeout(timeout, nudges.wait_for(|generation| *generation > after)) => {}
+        () = shutdown.cancelled() => {}
+    }
+    Ok(Json(Nudge {
+        generation: coordinator.generation(),
+    }))
+}
+
+async fn post_nudge(
+    State(coordinator): Shared,
+    headers: HeaderMap,
+) -> Result<Json<Nudge>, Refusal> {
+    let node = coordinator.authenticate(bearer_token(&headers))?;
+    tracing::info!(%node, "nudge requested");
+    coordinator.nudge();
+    Ok(Json(Nudge {
+        generation: coordinator.generation(),
+    }))
+}
+
+async fn git_webhook(
+    State(coordinator): Shared,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Nudge>, Refusal> {
+    let secret = coordinator
+        .webhook_secret()
+        .ok_or(Refusal::WebhookDisabled)?;
+    let body = body.map_err(|rejection| unreadable(rejection.status(), rejection.body_text()))?;
+    let signature = headers
+        .get(SIGNATURE_HEADER)
+        .and_then(|value| value.to_str().ok());
+    if !webhook_signature_valid(secret, &body, signature) {
+        return Err(Refusal::BadSignature);
+    }
+    coordinator.nudge();
+    Ok(Json(Nudge {
+        generation: coordinator.generation(),
+    }))
+}
+
+async fn post_alerts(
+    State(coordinator): Shared,
+    body: Result<Json<AlertmanagerWebhook>, JsonRejection>,
+) -> Result<Json<AlertsAccepted>, Refusal> {
+    let accepted = coordinator.record_alerts(json_body(body)?);
+    Ok(Json(AlertsAccepted { accepted }))
+}
+
+async fn list_alerts(State(coordinator): Shared) -> Json<Vec<ReceivedAlert>> {
+    Json(coordinator.alerts())
+}

@@ -1,0 +1,528 @@
+//! The coordinator (`kraftops-agent coordinator`): the service agents report
+//! to — node status, restart leases, CSR signing with per-node join tokens,
+//! nudges after a push, and the alerts Alertmanager sends.
+//!
+//! It holds no cluster truth of its own: git is the truth ([`ClusterView`] is
+//! built from the desired-state repository), agents re-report after a
+//! coordinator restart, and after a restart it grants no lease until one
+//! `lease_ttl_max` has passed. `docs/coordinator-protocol.md` describes the
+//! HTTP API; `crate::protocol` holds its types.
+//!
+//! **Invariant:** at most one live lease per role, and every grant's fencing
+//! id is larger than every earlier one, across coordinator restarts too.
+
+mod alerts;
+mod auth;
+mod clock;
+mod http;
+mod leases;
+mod refusal;
+pub mod service;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+pub use alerts::{
+    AlertmanagerAlert, AlertmanagerWebhook, AlertsAccepted, MAX_ALERTS, ReceivedAlert,
+};
+pub use auth::SIGNATURE_HEADER;
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use http::{DEFAULT_POLL_SECONDS, MAX_BODY_BYTES, MAX_POLL_SECONDS, router, serve};
+pub use refusal::Refusal;
+
+use crate::protocol::{
+    CertificateRequestBody, CertificateResponse, Lease, LeaseRequest, NodeView, StatusReport,
+};
+use alerts::AlertLog;
+use auth::{TokenDigest, digests_equal, token_digest};
+use leases::LeaseTable;
+
+/// What the coordinator knows from the desired-state repository.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterView {
+    pub cluster: String,
+    pub nodes: BTreeMap<String, NodeEntry>,
+    /// Join tokens by node name; a token authenticates that one node.
+    pub join_tokens: BTreeMap<String, String>,
+    /// The longest restart lease granted; also the grace period after a
+    /// coordinator start during which no lease is granted.
+    pub lease_ttl_max: Duration,
+    /// How long a signed node certificate is valid.
+    pub cert_validity: Duration,
+}
+
+impl fmt::Debug for ClusterView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The join tokens are secrets: name whose they are, never the tokens.
+        f.debug_struct("ClusterView")
+            .field("cluster", &self.cluster)
+            .field("nodes", &self.nodes)
+            .field(
+                "join_tokens_for",
+                &self.join_tokens.keys().collect::<Vec<_>>(),
+            )
+            .field("lease_ttl_max", &self.lease_ttl_max)
+            .field("cert_validity", &self.cert_validity)
+            .finish()
+    }
+}
+
+/// One node of the desired state, as the coordinator needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeEntry {
+    pub role: String,
+    /// Subject alternative names its certificate may carry.
+    pub dns_names: Vec<String>,
+    pub ips: Vec<IpAddr>,
+}
+
+/// Signs node CSRs; the real one wraps the cluster CA.
+pub trait CsrSigner: Send + Sync {
+    /// Signs `csr_pem` for `node`, valid `validity` from `now` (Unix
+    /// seconds). Returns the certificate PEM and its `not_after`, or a
+    /// reason the node may read (the CSR's names are not the node's, its key
+    /// is too weak, …).
+    fn sign(
+        &self,
+        csr_pem: &str,
+        node: &str,
+        entry: &NodeEntry,
+        validity: Duration,
+        now: u64,
+    ) -> Result<(String, u64), String>;
+
+    /// The CA certificate, PEM.
+    fn ca_pem(&self) -> String;
+}
+
+/// The view as the coordinator serves it: tokens kept as digests.
+struct Roster {
+    nodes: BTreeMap<String, NodeEntry>,
+    tokens: Vec<(String, TokenDigest)>,
+    lease_ttl_max: u64,
+    cert_validity: Duration,
+}
+
+impl fmt::Debug for Roster {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Even the tokens' digests stay out of logs: a guessable token could
+        // be found from its digest.
+        f.debug_struct("Roster")
+            .field("nodes", &self.nodes)
+            .field("tokens", &self.tokens.len())
+            .field("lease_ttl_max", &self.lease_ttl_max)
+            .field("cert_validity", &self.cert_validity)
+            .finish()
+    }
+}
+
+impl Roster {
+    fn new(view: ClusterView) -> Self {
+        let tokens = view
+            .join_tokens
+            .iter()
+            .filter(|(node, token)| {
+                let usable = view.nodes.contains_key(*node) && !token.is_empty();
+                if !usable {
+                    tracing::warn!(%node, "ignoring the join token of an unknown node, or an empty one");
+                }
+                usable
+            })
+            .map(|(node, token)| (node.clone(), token_digest(token)))
+            .collect();
+        Self {
+            nodes: view.nodes,
+            tokens,
+            lease_ttl_max: view.lease_ttl_max.as_secs(),
+            cert_validity: view.cert_validity,
+        }
+    }
+
+    /// The node whose join token `token` is. Every token is compared, so
+    /// the time taken does not say which one matched; a token two nodes
+    /// share authenticates neither.
+    fn node_of(&self, token: &str) -> Option<String> {
+        let presented = token_digest(token);
+        let mut matched = None;
+        let mut matches = 0usize;
+        for (node, digest) in &self.tokens {
+            if digests_equal(&presented, digest) {
+                matches += 1;
+                matched = Some(node);
+            }
+        }
+        if matches > 1 {
+            tracing::warn!("a join token is shared by several nodes; refusing it");
+            return None;
+        }
+        matched.cloned()
+    }
+
+    fn entry(&self, node: &str) -> Result<&NodeEntry, Refusal> {
+        self.nodes
+            .get(node)
+            .ok_or_else(|| Refusal::UnknownNode(node.to_owned()))
+    }
+}
+
+#[derive(Debug)]
+struct ReceivedReport {
+    report: StatusReport,
+    received_at: u64,
+}
+
+#[derive(Debug)]
+struct State {
+    cluster: String,
+    roster: Roster,
+    reports: BTreeMap<String, ReceivedReport>,
+    leases: LeaseTable,
+    alerts: AlertLog,
+}
+
+/// The coordinator's state, shared by every request. Everything but the
+/// view is in memory only and rebuilt after a restart.
+pub struct Coordinator {
+    signer: Arc<dyn CsrSigner>,
+    clock: Arc<dyn Clock>,
+    webhook_secret: Option<Vec<u8>>,
+    started_at: u64,
+    /// `lease_ttl_max` when the coordinator started: the longest lease the
+    /// previous run may have granted, as far as this run can know.
+    lease_ttl_max_at_start: u64,
+    state: Mutex<State>,
+    nudges: watch::Sender<u64>,
+}
+
+impl fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Coordinator")
+            .field("started_at", &self.started_at)
+            .field("webhook_enabled", &self.webhook_secret.is_some())
+            .field("generation", &*self.nudges.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Fencing ids start at the start time times this, so they keep growing
+/// across restarts as long as a run grants fewer leases than this per
+/// second of its life, and stay below 2^53 (exact in JSON) until 2255.
+const FENCING_PER_SECOND: u64 = 1_000_000;
+
+impl Coordinator {
+    /// `webhook_secret`: the git host's webhook secret; `None` (or empty)
+    /// disables `POST /v1/hooks/git`.
+    pub fn new(
+        view: ClusterView,
+        signer: Arc<dyn CsrSigner>,
+        clock: Arc<dyn Clock>,
+        webhook_secret: Option<String>,
+    ) -> Arc<Coordinator> {
+        let started_at = clock.now();
+        let webhook_secret = webhook_secret
+            .filter(|secret| !secret.is_empty())
+            .map(String::into_bytes);
+        Arc::new(Coordinator {
+            signer,
+            clock,
+            webhook_secret,
+            started_at,
+            lease_ttl_max_at_start: view.lease_ttl_max.as_secs(),
+            state: Mutex::new(State {
+                cluster: view.cluster.clone(),
+                roster: Roster::new(view),
+                reports: BTreeMap::new(),
+                leases: LeaseTable::new(started_at.saturating_mul(FENCING_PER_SECOND)),
+                alerts: AlertLog::default(),
+            }),
+            nudges: watch::Sender::new(0),
+        })
+    }
+
+    /// Replaces the view (a new commit was applied). Reports of nodes no
+    /// longer in it are dropped; leases run out on their own.
+    pub fn set_view(&self, view: ClusterView) {
+        let mut state = self.lock();
+        state.cluster = view.cluster.clone();
+        state.roster = Roster::new(view);
+        let State {
+            roster, reports, ..
+        } = &mut *state;
+        reports.retain(|node, _| roster.nodes.contains_key(node));
+        tracing::info!(cluster = %state.cluster, nodes = state.roster.nodes.len(), "cluster view replaced");
+    }
+
+    /// Wakes every agent's nudge long-poll: the generation grows by one.
+    pub fn nudge(&self) {
+        self.nudges.send_modify(|generation| *generation += 1);
+        tracing::info!(generation = *self.nudges.borrow(), "nudged every agent");
+    }
+
+    /// The current nudge generation.
+    pub fn generation(&self) -> u64 {
+        *self.nudges.borrow()
+    }
+
+    /// The cluster's name, as the view has it.
+    pub fn cluster(&self) -> String {
+        self.lock().cluster.clone()
+    }
+
+    /// When this run started, Unix seconds.
+    pub fn started_at(&self) -> u64 {
+        self.started_at
+    }
+
+    /// Until when (Unix seconds) no lease is granted after the start.
+    pub fn lease_grace_until(&self) -> u64 {
+        let ttl = self
+            .lease_ttl_max_at_start
+            .max(self.lock().roster.lease_ttl_max);
+        self.started_at.saturating_add(ttl)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves maps that are still
+        // consistent (every update is a single insert or remove).
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The node a bearer token belongs to.
+    pub(crate) fn authenticate(&self, token: Option<&str>) -> Result<String, Refusal> {
+        let token = token.ok_or(Refusal::Unauthenticated)?;
+        self.lock()
+            .roster
+            .node_of(token)
+            .ok_or(Refusal::Unauthenticated)
+    }
+
+    /// Checks that `claimed` is a known node and `authenticated` is it.
+    fn authorize(state: &State, authenticated: &str, claimed: &str) -> Result<(), Refusal> {
+        state.roster.entry(claimed)?;
+        if authenticated != claimed {
+            return Err(Refusal::WrongNode {
+                authenticated: authenticated.to_owned(),
+                claimed: claimed.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    fn view_of(state: &State, node: &str, entry: &NodeEntry, now: u64) -> NodeView {
+        let received = state.reports.get(node);
+        NodeView {
+            node: node.to_owned(),
+            role: entry.role.clone(),
+            report: received.map(|r| r.report.clone()),
+            age_seconds: received.map(|r| now.saturating_sub(r.received_at)),
+        }
+    }
+
+    /// Every node of the view, by name, reported or not.
+    pub fn nodes(&self) -> Vec<NodeView> {
+        let now = self.clock.now();
+        let state = self.lock();
+        state
+            .roster
+            .nodes
+            .iter()
+            .map(|(node, entry)| Self::view_of(&state, node, entry, now))
+            .collect()
+    }
+
+    pub fn node(&self, node: &str) -> Result<NodeView, Refusal> {
+        let now = self.clock.now();
+        let state = self.lock();
+        let entry = state.roster.entry(node)?;
+        Ok(Self::view_of(&state, node, entry, now))
+    }
+
+    /// Stores `report` of `node` (the path's), sent by `authenticated`.
+    pub(crate) fn record_report(
+        &self,
+        authenticated: &str,
+        node: &str,
+        report: StatusReport,
+    ) -> Result<NodeView, Refusal> {
+        let now = self.clock.now();
+        let mut state = self.lock();
+        Self::authorize(&state, authenticated, node)?;
+        if report.node != node {
+            return Err(Refusal::NodeMismatch {
+                path: node.to_owned(),
+                body: report.node,
+            });
+        }
+        let entry = state.roster.entry(node)?.clone();
+        if report.role != entry.role {
+            tracing::warn!(%node, reported = %report.role, desired = %entry.role, "node reports another role than the view's");
+        }
+        tracing::debug!(%node, phase = ?report.phase, "status report");
+        state.reports.insert(
+            node.to_owned(),
+            ReceivedReport {
+                report,
+                received_at: now,
+            },
+        );
+        Ok(Self::view_of(&state, node, &entry, now))
+    }
+
+    /// Signs a node's CSR. The signer runs on the blocking pool.
+    pub(crate) async fn sign_certificate(
+        &self,
+        authenticated: &str,
+        request: CertificateRequestBody,
+    ) -> Result<CertificateResponse, Refusal> {
+        let now = self.clock.now();
+        let (entry, validity) = {
+            let state = self.lock();
+            Self::authorize(&state, authenticated, &request.node)?;
+            (
+                state.roster.entry(&request.node)?.clone(),
+                state.roster.cert_validity,
+            )
+        };
+        let signer = Arc::clone(&self.signer);
+        let node = request.node;
+        let signed = tokio::task::spawn_blocking(move || {
+            let signed = signer.sign(&request.csr_pem, &node, &entry, validity, now);
+            (node, signed, signer.ca_pem())
+        })
+        .await;
+        let (node, signed, ca_pem) = signed.map_err(|error| {
+            tracing::error!(%error, "the CSR signer panicked");
+            Refusal::Internal
+        })?;
+        match signed {
+            Ok((certificate_pem, not_after)) => {
+                tracing::info!(%node, not_after, "signed a node certificate");
+                Ok(CertificateResponse {
+                    certificate_pem,
+                    ca_pem,
+                    not_after,
+                })
+            }
+            Err(reason) => {
+                tracing::warn!(%node, %reason, "refused a certificate request");
+                Err(Refusal::SignerRefused(reason))
+            }
+        }
+    }
+
+    pub fn ca_pem(&self) -> String {
+        self.signer.ca_pem()
+    }
+
+    /// Checks a lease request: the caller is `request.node`, of `role`.
+    /// Returns the TTL to grant.
+    fn check_lease_request(
+        state: &State,
+        authenticated: &str,
+        role: &str,
+        request: &LeaseRequest,
+    ) -> Result<u64, Refusal> {
+        Self::authorize(state, authenticated, &request.node)?;
+        let entry = state.roster.entry(&request.node)?;
+        if entry.role != role {
+            return Err(Refusal::WrongRole {
+                node: request.node.clone(),
+                actual: entry.role.clone(),
+                requested: role.to_owned(),
+            });
+        }
+        if request.ttl_seconds == 0 {
+            return Err(Refusal::BadRequest(
+                "ttl_seconds must be positive".to_owned(),
+            ));
+        }
+        Ok(request.ttl_seconds.min(state.roster.lease_ttl_max).max(1))
+    }
+
+    fn fencing_of(request: &LeaseRequest) -> Result<u64, Refusal> {
+        request.fencing.ok_or_else(|| {
+            Refusal::BadRequest("fencing is required: send the id the grant returned".to_owned())
+        })
+    }
+
+    pub(crate) fn acquire_lease(
+        &self,
+        authenticated: &str,
+        role: &str,
+        request: &LeaseRequest,
+    ) -> Result<Lease, Refusal> {
+        let now = self.clock.now();
+        let grace_until = self.lease_grace_until();
+        let mut state = self.lock();
+        let ttl = Self::check_lease_request(&state, authenticated, role, request)?;
+        if now < grace_until {
+            return Err(Refusal::RestartGrace {
+                until: grace_until,
+                wait_seconds: grace_until - now,
+            });
+        }
+        let lease = state.leases.acquire(role, &request.node, ttl, now)?;
+        tracing::info!(%role, holder = %lease.holder, fencing = lease.fencing, expires_in_seconds = lease.expires_in_seconds, "lease granted");
+        Ok(lease)
+    }
+
+    pub(crate) fn renew_lease(
+        &self,
+        authenticated: &str,
+        role: &str,
+        request: &LeaseRequest,
+    ) -> Result<Lease, Refusal> {
+        let now = self.clock.now();
+        let mut state = self.lock();
+        let ttl = Self::check_lease_request(&state, authenticated, role, request)?;
+        let fencing = Self::fencing_of(request)?;
+        let lease = state.leases.renew(role, &request.node, fencing, ttl, now)?;
+        tracing::debug!(%role, holder = %lease.holder, fencing, "lease renewed");
+        Ok(lease)
+    }
+
+    pub(crate) fn release_lease(
+        &self,
+        authenticated: &str,
+        role: &str,
+        request: &LeaseRequest,
+    ) -> Result<(), Refusal> {
+        let mut state = self.lock();
+        Self::authorize(&state, authenticated, &request.node)?;
+        let fencing = Self::fencing_of(request)?;
+        state.leases.release(role, &request.node, fencing)?;
+        tracing::info!(%role, holder = %request.node, fencing, "lease released");
+        Ok(())
+    }
+
+    /// The live leases, by role.
+    pub fn leases(&self) -> Vec<Lease> {
+        let now = self.clock.now();
+        self.lock().leases.live(now)
+    }
+
+    pub(crate) fn webhook_secret(&self) -> Option<&[u8]> {
+        self.webhook_secret.as_deref()
+    }
+
+    pub(crate) fn subscribe_nudges(&self) -> watch::Receiver<u64> {
+        self.nudges.subscribe()
+    }
+
+    pub(crate) fn record_alerts(&self, payload: AlertmanagerWebhook) -> usize {
+        let now = self.clock.now();
+        let count = self.lock().alerts.record(payload, now);
+        tracing::info!(count, "alerts received");
+        count
+    }
+
+    /// The kept alerts, newest first.
+    pub fn alerts(&self) -> Vec<ReceivedAlert> {
+        self.lock().alerts.newest_first()
+    }
+}

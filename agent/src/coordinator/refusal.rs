@@ -1,0 +1,109 @@
+//! Why the coordinator refused a request, and the HTTP status and JSON body
+//! each refusal becomes.
+
+use axum::Json;
+use axum::http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use crate::protocol::ApiError;
+
+/// A refused request. The message is what the caller reads in
+/// `ApiError.error`, so it names the caller's mistake and never an internal
+/// detail.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("missing or unknown bearer token")]
+    Unauthenticated,
+    #[error("this token belongs to node {authenticated}, not to {claimed}")]
+    WrongNode {
+        authenticated: String,
+        claimed: String,
+    },
+    #[error("the body is about node {body}, the path about node {path}")]
+    NodeMismatch { path: String, body: String },
+    #[error("unknown node {0}")]
+    UnknownNode(String),
+    #[error("node {node} has role {actual}, not {requested}")]
+    WrongRole {
+        node: String,
+        actual: String,
+        requested: String,
+    },
+    #[error("certificate request refused: {0}")]
+    SignerRefused(String),
+    #[error("{0}")]
+    BadRequest(String),
+    /// The request could not be read (bad JSON, too large, bad query); the
+    /// status is the extractor's.
+    #[error("{message}")]
+    Unreadable { status: StatusCode, message: String },
+    #[error("the {role} lease is held by {holder} for {expires_in_seconds} more seconds")]
+    LeaseHeld {
+        role: String,
+        holder: String,
+        expires_in_seconds: u64,
+    },
+    #[error("no {role} lease is held")]
+    LeaseNotHeld { role: String },
+    #[error("fencing {presented} does not match the current {role} lease")]
+    FencingMismatch { role: String, presented: u64 },
+    #[error("the {role} lease has expired; acquire it again")]
+    LeaseExpired { role: String },
+    #[error(
+        "the coordinator restarted recently and grants no lease until {until} \
+         (in {wait_seconds} s): a lease granted before the restart may still be in use"
+    )]
+    RestartGrace { until: u64, wait_seconds: u64 },
+    #[error("the git webhook is disabled: no secret is configured")]
+    WebhookDisabled,
+    #[error("missing or wrong X-Hub-Signature-256")]
+    BadSignature,
+    #[error("no such endpoint")]
+    NoSuchEndpoint,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("internal error")]
+    Internal,
+}
+
+impl Refusal {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Unauthenticated | Self::BadSignature => StatusCode::UNAUTHORIZED,
+            Self::WrongNode { .. } | Self::NodeMismatch { .. } | Self::WrongRole { .. } => {
+                StatusCode::FORBIDDEN
+            }
+            Self::UnknownNode(_) | Self::WebhookDisabled | Self::NoSuchEndpoint => {
+                StatusCode::NOT_FOUND
+            }
+            Self::SignerRefused(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unreadable { status, .. } => *status,
+            Self::LeaseHeld { .. }
+            | Self::LeaseNotHeld { .. }
+            | Self::FencingMismatch { .. }
+            | Self::LeaseExpired { .. } => StatusCode::CONFLICT,
+            Self::RestartGrace { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut response = (status, Json(ApiError::new(self.to_string()))).into_response();
+        let headers = response.headers_mut();
+        match &self {
+            Self::Unauthenticated => {
+                headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Self::RestartGrace { wait_seconds, .. } => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(*wait_seconds));
+            }
+            _ => {}
+        }
+        response
+    }
+}

@@ -1,0 +1,196 @@
+//! `kraftops-agent coordinator`: the coordinator as a process. It keeps its
+//! own clone of the desired-state repository (the same repository and
+//! identity as the observability node's agent), builds the [`ClusterView`]
+//! and the CA signer from it, and refreshes both on every nudge and poll.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use desired_state::{Identity, Model};
+use roles::observability::CoordinatorConfig;
+use tokio_util::sync::CancellationToken;
+
+use super::{ClusterView, Coordinator, CsrSigner, NodeEntry, SystemClock};
+use crate::certs::{Ca, NodeIdentity};
+use crate::config::AgentConfig;
+use crate::sync::Repo;
+
+/// The name of a node's join-token secret (`secrets/join-token-<node>.age`).
+fn join_token_secret(node: &str) -> String {
+    crate::init::join_token_secret(node)
+}
+
+/// Signs CSRs with the cluster CA, giving each node exactly its own names.
+struct CaSigner(Ca);
+
+impl CsrSigner for CaSigner {
+    fn sign(
+        &self,
+        csr_pem: &str,
+        node: &str,
+        entry: &NodeEntry,
+        validity: Duration,
+        now: u64,
+    ) -> Result<(String, u64), String> {
+        let identity = NodeIdentity {
+            name: node.to_owned(),
+            dns_names: entry.dns_names.clone(),
+            ips: entry.ips.clone(),
+        };
+        self.0
+            .sign(csr_pem, &identity, validity.as_secs(), now)
+            .map(|c| (c.pem, c.not_after))
+            .map_err(|e| e.to_string())
+    }
+    fn ca_pem(&self) -> String {
+        self.0.cert_pem().to_owned()
+    }
+}
+
+/// The coordinator's view of `model`: nodes with their names, join tokens,
+/// lease and certificate lifetimes; and the CA.
+pub fn view_of(model: &Model, identity: &Identity) -> anyhow::Result<(ClusterView, Ca)> {
+    let mut nodes = BTreeMap::new();
+    let mut join_tokens = BTreeMap::new();
+    for n in model.nodes.iter().map(|n| &n.value) {
+        let name = n.name.to_string();
+        nodes.insert(
+            name.clone(),
+            NodeEntry {
+                role: n.role.to_string(),
+                dns_names: vec![model.fqdn(n)],
+                ips: vec![IpAddr::V4(n.address.value)],
+            },
+        );
+        let secret = desired_state::types::Name::try_from(join_token_secret(&name))
+            .map_err(|e| anyhow::anyhow!("join token secret name for {name}: {e}"))?;
+        if model.secrets.contains_key(&secret) {
+            let token = model
+                .decrypt(&secret, identity)
+                .with_context(|| format!("decrypting the join token of {name}"))?;
+            join_tokens.insert(name, token.expose().to_owned());
+        }
+    }
+    let key_secret = &model.cluster.security.ca.key_secret;
+    let key = model
+        .decrypt(key_secret, identity)
+        .context("decrypting the CA key")?;
+    let ca = Ca::from_pem(&model.ca_certificate, key.expose()).context("loading the cluster CA")?;
+    let view = ClusterView {
+        cluster: model.cluster.name.to_string(),
+        nodes,
+        join_tokens,
+        lease_ttl_max: Duration::from_secs(model.cluster.rollout.lease_ttl.as_secs()),
+        cert_validity: Duration::from_secs(model.cluster.security.ca.cert_validity.as_secs()),
+    };
+    Ok((view, ca))
+}
+
+/// Fetches the repository and loads the head (blocking).
+fn load_head(repo: &mut Repo) -> anyhow::Result<(String, Model)> {
+    let head = repo
+        .fetch()
+        .context("fetching the desired-state repository")?;
+    let files = repo.files_at(&head).context("reading the head commit")?;
+    let model = desired_state::load_files(&files)
+        .map_err(|d| anyhow::anyhow!("commit {head} is invalid: {d}"))?;
+    Ok((head, model))
+}
+
+/// Runs the coordinator until SIGTERM or Ctrl-C.
+pub async fn run(config_path: &Path, agent: AgentConfig) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(config_path)
+        .with_context(|| format!("reading {}", config_path.display()))?;
+    let config: CoordinatorConfig = serde_saphyr::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {}", config_path.display(), e.without_snippet()))?;
+    let identity_path = agent.rooted(&agent.identity_file);
+    let identity = Identity::parse(
+        &std::fs::read_to_string(&identity_path)
+            .with_context(|| format!("reading {}", identity_path.display()))?,
+    )
+    .with_context(|| format!("parsing {}", identity_path.display()))?;
+    let dir = agent.state_path().join("coordinator-repository");
+    let url = agent.repository.url.clone();
+    let branch = agent.repository.branch.clone();
+    let (mut repo, head, model) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let mut repo =
+            Repo::open_or_clone(&url, &branch, &dir).context("opening the repository clone")?;
+        let (head, model) = load_head(&mut repo)?;
+        Ok((repo, head, model))
+    })
+    .await
+    .context("the loading thread panicked")??;
+    let (view, ca) = view_of(&model, &identity)?;
+    let webhook_secret = desired_state::types::Name::try_from("git-webhook-secret")
+        .ok()
+        .filter(|n| model.secrets.contains_key(n))
+        .map(|n| model.decrypt(&n, &identity).map(|s| s.expose().to_owned()))
+        .transpose()
+        .context("decrypting secrets/git-webhook-secret.age")?;
+    let coordinator = Coordinator::new(
+        view,
+        Arc::new(CaSigner(ca)),
+        Arc::new(SystemClock),
+        webhook_secret,
+    );
+    tracing::info!(commit = %head, cluster = %config.cluster, listen = %config.listen, "coordinator starting");
+
+    let stop = CancellationToken::new();
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let server = tokio::spawn(super::serve(listener, coordinator.clone(), stop.clone()));
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+
+    // Follow the repository: nodes, tokens and the CA come from git. A
+    // refresh also nudges every agent, so a push reaches them at once.
+    let mut last = head;
+    let mut generation = coordinator.generation();
+    let poll = Duration::from_secs(model.cluster.agent.poll_interval.as_secs().max(5));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            () = tokio::time::sleep(poll) => {}
+            () = async {
+                while coordinator.generation() == generation {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            } => {}
+        }
+        generation = coordinator.generation();
+        let (back, loaded) = tokio::task::spawn_blocking(move || {
+            let loaded = load_head(&mut repo);
+            (repo, loaded)
+        })
+        .await
+        .context("the loading thread panicked")?;
+        repo = back;
+        match loaded {
+            Ok((head, model)) if head != last => match view_of(&model, &identity) {
+                Ok((view, _)) => {
+                    tracing::info!(commit = %head, "cluster view updated");
+                    coordinator.set_view(view);
+                    last = head;
+                    coordinator.nudge();
+                    generation = coordinator.generation();
+                }
+                Err(e) => {
+                    tracing::warn!(commit = %head, error = %format!("{e:#}"), "keeping the previous view")
+                }
+            },
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "keeping the previous view"),
+        }
+    }
+    tracing::info!("coordinator shutting down");
+    stop.cancel();
+    server.await.context("the server task panicked")??;
+    Ok(())
+}

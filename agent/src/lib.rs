@@ -1,0 +1,23 @@
+//! The kraftops node agent and coordinator, as a library the
+//! `kraftops-agent` binary and the integration tests share.
+//!
+//! - [`sync`]: fetch the desired-state repository with git, verify commit
+//!   signatures, refuse non-descendant heads.
+//! - [`apply`]: make the node match a `roles::Plan`: atomic writes, owners,
+//!   modes, systemd, downloads; crash-safe.
+//! - [`certs`]: the node's key and certificate (CSR signed by the
+//!   coordinator), and the CA side of signing.
+//! - [`coordinator`]: the service agents report to: status, restart leases,
+//!   CSR signing, nudges.
+//! - [`daemon`]: the reconcile loop, the agent's HTTP API and metrics.
+//! - [`protocol`]: the coordinator protocol's types.
+
+pub mod apply;
+pub mod certs;
+pub mod cli;
+pub mod config;
+pub mod coordinator;
+pub mod daemon;
+pub mod init;
+pub mod protocol;
+pub mod sync;

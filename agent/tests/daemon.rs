@@ -1,0 +1,434 @@
+//! The agent and the coordinator as real processes: a git repository
+//! pushed to, a coordinator that signs certificates and nudges, and agents
+//! with temporary roots (files only; real systemd is proven by the local
+//! cluster). Covers: a push converges every agent, a bad commit is refused
+//! and the last good revision stays, drift is put back, certificates are
+//! issued by the cluster CA.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kraftops_agent::protocol::{Phase, StatusReport};
+
+const NODES: [&str; 2] = ["broker-1", "controller-1"];
+
+fn example() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../desired-state/examples/seed")
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .current_dir(dir)
+        .args([
+            "-c",
+            "user.name=ops",
+            "-c",
+            "user.email=ops@example",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("git is needed (Debian package git): {e}"));
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read_dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Kills the processes when the test ends, however it ends.
+struct Processes(Vec<(String, Child)>);
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for (name, child) in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = name;
+        }
+    }
+}
+
+struct Cluster {
+    _tmp: tempfile::TempDir,
+    work: PathBuf,
+    roots: Vec<(String, PathBuf, u16)>,
+    coordinator: String,
+    processes: Processes,
+}
+
+fn spawn(args: &[&str], log: &Path) -> Child {
+    let log = std::fs::File::create(log).expect("log file");
+    Command::new(env!("CARGO_BIN_EXE_kraftops-agent"))
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("the agent binary starts")
+}
+
+fn agent_config(node: &str, root: &Path, remote: &Path, port: u16, coordinator: &str) -> String {
+    format!(
+        "node: {node}\nrepository:\n  url: file://{}\n  branch: main\npoll_interval: 2s\ncoordinator: {coordinator}\njoin_token_file: /etc/kraftops/join-token\nidentity_file: /etc/kraftops/age-identity\nlisten: 127.0.0.1:{port}\napi_token_file: /etc/kraftops/api-token\nroot: {}\nservice_manager: none\n",
+        remote.display(),
+        root.display()
+    )
+}
+
+/// Writes what cloud-init would: the identity, the join token, the API
+/// token, and the accounts the plan's files belong to.
+fn provision(root: &Path, node: &str) {
+    let etc = root.join("etc/kraftops");
+    std::fs::create_dir_all(&etc).expect("mkdir");
+    std::fs::copy(
+        example().with_file_name("seed.example-only.age-identity"),
+        etc.join("age-identity"),
+    )
+    .expect("identity");
+    let model = desired_state::load_dir(&example()).expect("example loads");
+    let identity = desired_state::Identity::parse(
+        &std::fs::read_to_string(example().with_file_name("seed.example-only.age-identity"))
+            .expect("identity"),
+    )
+    .expect("parses");
+    let name = desired_state::types::Name::try_from(format!("join-token-{node}")).expect("name");
+    let token = model
+        .decrypt(&name, &identity)
+        .expect("join token decrypts");
+    std::fs::write(etc.join("join-token"), token.expose()).expect("token");
+    std::fs::write(etc.join("api-token"), "test-api-token").expect("api token");
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nkafka:x:0:0:kafka:/var/lib/kafka:/usr/sbin/nologin\n",
+    )
+    .expect("passwd");
+    std::fs::write(root.join("etc/group"), "root:x:0:\nkafka:x:0:\n").expect("group");
+}
+
+fn start() -> Cluster {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let remote = tmp.path().join("remote.git");
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(&remote).expect("mkdir");
+    git(&remote, &["init", "--bare", "-q"]);
+    copy_dir(&example(), &work);
+    // Poll quickly in the test.
+    let cluster = std::fs::read_to_string(work.join("cluster.yaml")).expect("cluster.yaml");
+    std::fs::write(
+        work.join("cluster.yaml"),
+        cluster
+            .replace("poll_interval: 60s", "poll_interval: 2s")
+            .replace("poll_jitter: 10s", "poll_jitter: 1s"),
+    )
+    .expect("write");
+    // Kafka comes from a tarball on the machine, checked by its digest.
+    let dist = tmp.path().join("dist/kafka_2.13-4.1.1/bin");
+    std::fs::create_dir_all(&dist).expect("mkdir");
+    std::fs::write(dist.join("kafka-server-start.sh"), "#!/bin/sh\nexit 0\n").expect("script");
+    let tarball = tmp.path().join("kafka.tgz");
+    let tar = Command::new("tar")
+        .args([
+            "-czf",
+            tarball.to_str().expect("utf8"),
+            "-C",
+            tmp.path().join("dist").to_str().expect("utf8"),
+            "kafka_2.13-4.1.1",
+        ])
+        .status()
+        .expect("tar runs");
+    assert!(tar.success());
+    let digest = kraftops_agent::apply::sha512_digest(&std::fs::read(&tarball).expect("tarball"));
+    let text = std::fs::read_to_string(work.join("cluster.yaml")).expect("cluster.yaml");
+    let start = text
+        .find("      url: https://archive")
+        .expect("distribution url");
+    let end = text[start..].find("  install_dir").expect("install_dir") + start;
+    let replaced = format!(
+        "{}      url: file://{}\n      sha512: {digest}\n{}",
+        &text[..start],
+        tarball.display(),
+        &text[end..]
+    );
+    std::fs::write(work.join("cluster.yaml"), replaced).expect("write");
+    git(&work, &["init", "-q"]);
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-q", "-m", "example cluster"]);
+    git(
+        &work,
+        &["push", "-q", remote.to_str().expect("utf8"), "HEAD:main"],
+    );
+
+    let mut processes = Processes(Vec::new());
+    let coord_port = free_port();
+    let coordinator = format!("http://127.0.0.1:{coord_port}");
+    let coord_root = tmp.path().join("observability-1");
+    provision(&coord_root, "observability-1");
+    std::fs::write(
+        coord_root.join("coordinator.yaml"),
+        format!("listen: 127.0.0.1:{coord_port}\ncluster: kafka-prod\nkafka:\n  bootstrap_servers: broker-1.kafka.internal:9092\n  client_properties: /etc/kafka/admin-client.properties\nconnect_urls: []\nprometheus_url: http://127.0.0.1:9090\nalertmanager_url: http://127.0.0.1:9093\nrollout:\n  health_timeout: 1m\n  lease_ttl: 1m\n  cooldown: 1s\n  auto_rollback: true\n  preferred_leader_election: true\n"),
+    )
+    .expect("coordinator config");
+    std::fs::write(
+        coord_root.join("agent.yaml"),
+        agent_config(
+            "observability-1",
+            &coord_root,
+            &remote,
+            free_port(),
+            &coordinator,
+        ),
+    )
+    .expect("agent config");
+    let child = spawn(
+        &[
+            "coordinator",
+            "--config",
+            coord_root.join("coordinator.yaml").to_str().expect("utf8"),
+            "--agent-config",
+            coord_root.join("agent.yaml").to_str().expect("utf8"),
+        ],
+        &tmp.path().join("coordinator.log"),
+    );
+    processes.0.push(("coordinator".to_owned(), child));
+
+    let mut roots = Vec::new();
+    for node in NODES {
+        let root = tmp.path().join(node);
+        provision(&root, node);
+        let port = free_port();
+        std::fs::write(
+            root.join("agent.yaml"),
+            agent_config(node, &root, &remote, port, &coordinator),
+        )
+        .expect("config");
+        let child = spawn(
+            &[
+                "run",
+                "--config",
+                root.join("agent.yaml").to_str().expect("utf8"),
+            ],
+            &tmp.path().join(format!("{node}.log")),
+        );
+        processes.0.push((node.to_owned(), child));
+        roots.push((node.to_owned(), root, port));
+    }
+    Cluster {
+        _tmp: tmp,
+        work,
+        roots,
+        coordinator,
+        processes,
+    }
+}
+
+impl Cluster {
+    fn status(&self, port: u16) -> Option<StatusReport> {
+        reqwest::blocking::get(format!("http://127.0.0.1:{port}/v1/status"))
+            .ok()?
+            .json()
+            .ok()
+    }
+
+    fn logs(&self) -> String {
+        let dir = self._tmp.path();
+        let mut out = String::new();
+        for name in ["coordinator", "broker-1", "controller-1"] {
+            let text = std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            out.push_str(&format!(
+                "--- {name}\n{}\n",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            ));
+        }
+        out
+    }
+
+    /// Waits until every agent satisfies `ok`, or fails with their status and logs.
+    fn wait_all(&self, what: &str, ok: impl Fn(&StatusReport) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let statuses: Vec<Option<StatusReport>> = self
+                .roots
+                .iter()
+                .map(|(_, _, port)| self.status(*port))
+                .collect();
+            if statuses.iter().all(|s| s.as_ref().is_some_and(&ok)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {statuses:#?}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    fn push(&self, message: &str) -> String {
+        git(&self.work, &["add", "-A"]);
+        git(&self.work, &["commit", "-q", "-m", message]);
+        let remote = self._tmp.path().join("remote.git");
+        git(
+            &self.work,
+            &[
+                "push",
+                "-q",
+                "-f",
+                remote.to_str().expect("utf8"),
+                "HEAD:main",
+            ],
+        );
+        git(&self.work, &["rev-parse", "HEAD"])
+    }
+}
+
+#[test]
+fn push_converges_bad_commit_is_refused_and_drift_is_reverted() {
+    let cluster = start();
+    let head = git(&cluster.work, &["rev-parse", "HEAD"]);
+    cluster.wait_all("the first revision", |s| {
+        s.phase == Phase::Converged && s.revision_applied.as_deref() == Some(&head)
+    });
+
+    // Every agent wrote its role and got a certificate from the coordinator.
+    let ca = std::fs::read_to_string(example().join("pki/ca.pem")).expect("ca");
+    for (node, root, port) in &cluster.roots {
+        let props = std::fs::read_to_string(root.join("etc/kafka/server.properties"))
+            .expect("server.properties");
+        assert!(props.contains("advertised.listeners="), "{node}: {props}");
+        let keystore =
+            std::fs::read_to_string(root.join("etc/kafka/tls/node.pem")).expect("keystore");
+        let (_, chain) = kraftops_agent::certs::read_keystore(&keystore).expect("keystore parses");
+        assert!(
+            kraftops_agent::certs::issued_by(&chain, &ca).expect("checks"),
+            "{node}: not issued by the cluster CA"
+        );
+        let info = kraftops_agent::certs::inspect(&chain).expect("inspect");
+        assert_eq!(info.common_name, *node);
+        let status = cluster.status(*port).expect("status");
+        assert_eq!(status.certificates.len(), 1, "{node}: {status:?}");
+        // Kafka was unpacked into a versioned directory behind the link.
+        let kafka = root.join("opt/kafka");
+        assert!(
+            kafka.join("bin/kafka-server-start.sh").is_file(),
+            "{node}: Kafka not installed"
+        );
+        assert!(
+            std::fs::symlink_metadata(&kafka)
+                .expect("link")
+                .file_type()
+                .is_symlink(),
+            "{node}: /opt/kafka is not a link"
+        );
+    }
+    // The coordinator has their reports.
+    let nodes: serde_json::Value =
+        reqwest::blocking::get(format!("{}/v1/nodes/broker-1", cluster.coordinator))
+            .expect("coordinator")
+            .json()
+            .expect("json");
+    assert_eq!(
+        nodes["report"]["revision_applied"],
+        serde_json::Value::String(head.clone()),
+        "{nodes}"
+    );
+
+    // A push converges every agent.
+    let cluster_yaml = cluster.work.join("cluster.yaml");
+    let text = std::fs::read_to_string(&cluster_yaml).expect("read");
+    std::fs::write(
+        &cluster_yaml,
+        text.replace("num.io.threads: 16", "num.io.threads: 12"),
+    )
+    .expect("write");
+    let second = cluster.push("fewer io threads");
+    cluster.wait_all("the second revision", |s| {
+        s.revision_applied.as_deref() == Some(&second) && s.phase == Phase::Converged
+    });
+    let (_, broker_root, _) = &cluster.roots[0];
+    let props =
+        std::fs::read_to_string(broker_root.join("etc/kafka/server.properties")).expect("read");
+    assert!(props.contains("num.io.threads=12"), "{props}");
+
+    // A bad commit is refused; the last good revision stays applied.
+    let nodes_yaml = cluster.work.join("nodes.yaml");
+    let text = std::fs::read_to_string(&nodes_yaml).expect("read");
+    std::fs::write(
+        &nodes_yaml,
+        text.replacen("node_id: 2\n", "node_id: 1\n", 1),
+    )
+    .expect("write");
+    let bad = cluster.push("duplicate node id");
+    cluster.wait_all("the refusal", |s| {
+        s.phase == Phase::Refused && s.revision_seen.as_deref() == Some(&bad)
+    });
+    for (node, _, port) in &cluster.roots {
+        let s = cluster.status(*port).expect("status");
+        assert_eq!(
+            s.revision_applied.as_deref(),
+            Some(second.as_str()),
+            "{node}"
+        );
+        let error = s.last_error.expect("an error");
+        assert!(
+            error
+                .problems
+                .iter()
+                .any(|p| p.starts_with("nodes.yaml:") && p.contains("duplicate node_id")),
+            "{node}: {error:?}"
+        );
+    }
+
+    // A hand edit of a managed file is put back and reported as drift.
+    let server_props = broker_root.join("etc/kafka/server.properties");
+    let good = std::fs::read(&server_props).expect("read");
+    std::fs::write(&server_props, b"num.io.threads=1\n").expect("hand edit");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read(&server_props).expect("read") != good {
+        assert!(
+            Instant::now() < deadline,
+            "drift not reverted\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let port = cluster.roots[0].2;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = cluster.status(port).expect("status");
+        if s.drift
+            .iter()
+            .any(|d| d.path.ends_with("etc/kafka/server.properties"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "drift not reported: {s:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(cluster.processes);
+}
