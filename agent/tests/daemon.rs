@@ -130,10 +130,11 @@ fn provision(root: &Path, node: &str) {
     std::fs::write(root.join("etc/group"), "root:x:0:\nkafka:x:0:\n").expect("group");
 }
 
-fn start() -> Cluster {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let remote = tmp.path().join("remote.git");
-    let work = tmp.path().join("work");
+/// The example repository pushed to a bare remote below `tmp`, with
+/// quick polling and Kafka from a local tarball. Returns (remote, work tree).
+fn repository(tmp: &Path) -> (PathBuf, PathBuf) {
+    let remote = tmp.join("remote.git");
+    let work = tmp.join("work");
     std::fs::create_dir_all(&remote).expect("mkdir");
     git(&remote, &["init", "--bare", "-q"]);
     copy_dir(&example(), &work);
@@ -147,16 +148,16 @@ fn start() -> Cluster {
     )
     .expect("write");
     // Kafka comes from a tarball on the machine, checked by its digest.
-    let dist = tmp.path().join("dist/kafka_2.13-4.1.1/bin");
+    let dist = tmp.join("dist/kafka_2.13-4.1.1/bin");
     std::fs::create_dir_all(&dist).expect("mkdir");
     std::fs::write(dist.join("kafka-server-start.sh"), "#!/bin/sh\nexit 0\n").expect("script");
-    let tarball = tmp.path().join("kafka.tgz");
+    let tarball = tmp.join("kafka.tgz");
     let tar = Command::new("tar")
         .args([
             "-czf",
             tarball.to_str().expect("utf8"),
             "-C",
-            tmp.path().join("dist").to_str().expect("utf8"),
+            tmp.join("dist").to_str().expect("utf8"),
             "kafka_2.13-4.1.1",
         ])
         .status()
@@ -183,6 +184,12 @@ fn start() -> Cluster {
         &["push", "-q", remote.to_str().expect("utf8"), "HEAD:main"],
     );
 
+    (remote, work)
+}
+
+fn start() -> Cluster {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (remote, work) = repository(tmp.path());
     let mut processes = Processes(Vec::new());
     let coord_port = free_port();
     let coordinator = format!("http://127.0.0.1:{coord_port}");
@@ -431,4 +438,168 @@ fn push_converges_bad_commit_is_refused_and_drift_is_reverted() {
         std::thread::sleep(Duration::from_millis(200));
     }
     drop(cluster.processes);
+}
+
+/// Delegates to a `RecordingServiceManager`, but a restart takes a while
+/// and is logged with its start and end, so overlaps show.
+#[derive(Debug)]
+struct SlowRestarts {
+    inner: kraftops_agent::apply::RecordingServiceManager,
+    node: String,
+    log: std::sync::Arc<std::sync::Mutex<Vec<(String, Instant, Instant)>>>,
+}
+
+impl kraftops_agent::apply::ServiceManager for SlowRestarts {
+    fn daemon_reload(&self) -> Result<(), kraftops_agent::apply::ApplyError> {
+        self.inner.daemon_reload()
+    }
+    fn enable(&self, unit: &str) -> Result<(), kraftops_agent::apply::ApplyError> {
+        self.inner.enable(unit)
+    }
+    fn start(&self, unit: &str) -> Result<(), kraftops_agent::apply::ApplyError> {
+        self.inner.start(unit)
+    }
+    fn stop(&self, unit: &str) -> Result<(), kraftops_agent::apply::ApplyError> {
+        self.inner.stop(unit)
+    }
+    fn restart(&self, unit: &str) -> Result<(), kraftops_agent::apply::ApplyError> {
+        let begun = Instant::now();
+        std::thread::sleep(Duration::from_millis(700));
+        let result = self.inner.restart(unit);
+        self.log.lock().expect("log").push((
+            format!("{}:{unit}", self.node),
+            begun,
+            Instant::now(),
+        ));
+        result
+    }
+    fn reload(&self, unit: &str) -> Result<(), kraftops_agent::apply::ApplyError> {
+        self.inner.reload(unit)
+    }
+    fn mask(&self, unit: &str) -> Result<(), kraftops_agent::apply::ApplyError> {
+        self.inner.mask(unit)
+    }
+    fn disable(&self, unit: &str) -> Result<(), kraftops_agent::apply::ApplyError> {
+        self.inner.disable(unit)
+    }
+    fn status(
+        &self,
+        unit: &str,
+    ) -> Result<kraftops_agent::protocol::UnitStatus, kraftops_agent::apply::ApplyError> {
+        self.inner.status(unit)
+    }
+}
+
+#[test]
+fn restarts_take_the_role_lease_one_node_at_a_time() {
+    use kraftops_agent::coordinator::{Coordinator, SystemClock};
+    use kraftops_agent::daemon::reconcile::Reconciler;
+    use kraftops_agent::daemon::state::Trigger;
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (remote, work) = repository(tmp.path());
+    // Short leases: the coordinator grants none for one TTL after it starts.
+    let text = std::fs::read_to_string(work.join("cluster.yaml")).expect("read");
+    std::fs::write(
+        work.join("cluster.yaml"),
+        text.replace("lease_ttl: 15m", "lease_ttl: 2s"),
+    )
+    .expect("write");
+    git(&work, &["commit", "-q", "-am", "short leases"]);
+    git(
+        &work,
+        &["push", "-q", remote.to_str().expect("utf8"), "HEAD:main"],
+    );
+
+    // The coordinator, in process, on a real port.
+    let model = desired_state::load_dir(&work).unwrap_or_else(|d| panic!("{d}"));
+    let identity = desired_state::Identity::parse(
+        &std::fs::read_to_string(example().with_file_name("seed.example-only.age-identity"))
+            .expect("identity"),
+    )
+    .expect("parses");
+    let (view, signer) =
+        kraftops_agent::coordinator::service::signer_and_view(&model, &identity).expect("view");
+    let coordinator = Coordinator::new(view, signer, std::sync::Arc::new(SystemClock), None);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let stop = tokio_util::sync::CancellationToken::new();
+    runtime.spawn(kraftops_agent::coordinator::serve(
+        listener,
+        coordinator.clone(),
+        stop.clone(),
+    ));
+
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut reconcilers = Vec::new();
+    for node in ["broker-1", "broker-2", "broker-3"] {
+        let root = tmp.path().join(node);
+        provision(&root, node);
+        let config = kraftops_agent::config::AgentConfig::parse(
+            Path::new("agent.yaml"),
+            &agent_config(node, &root, &remote, free_port(), &url),
+        )
+        .expect("config");
+        let services = std::sync::Arc::new(SlowRestarts {
+            inner: kraftops_agent::apply::RecordingServiceManager::new(),
+            node: node.to_owned(),
+            log: log.clone(),
+        });
+        let mut r = Reconciler::with_services(config, services).expect("reconciler");
+        let first = r.reconcile(&Trigger::Timer, &|_| {});
+        assert_eq!(first.phase, Phase::Converged, "{node}: {first:?}");
+        reconcilers.push(r);
+    }
+    assert!(
+        log.lock().expect("log").is_empty(),
+        "a first apply starts services; it restarts nothing"
+    );
+
+    // A setting that needs a broker restart.
+    let text = std::fs::read_to_string(work.join("cluster.yaml")).expect("read");
+    std::fs::write(
+        work.join("cluster.yaml"),
+        text.replace("num.io.threads: 16", "num.io.threads: 8"),
+    )
+    .expect("write");
+    git(&work, &["commit", "-q", "-am", "fewer io threads"]);
+    git(
+        &work,
+        &["push", "-q", remote.to_str().expect("utf8"), "HEAD:main"],
+    );
+
+    let outcomes: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = reconcilers
+            .iter_mut()
+            .map(|r| scope.spawn(move || r.reconcile(&Trigger::Nudge, &|_| {})))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("no panic"))
+            .collect()
+    });
+    for o in &outcomes {
+        assert_eq!(o.phase, Phase::Converged, "{o:?}");
+        assert_eq!(o.restarts, 1, "{o:?}");
+    }
+    let mut restarts = log.lock().expect("log").clone();
+    assert_eq!(restarts.len(), 3, "{restarts:?}");
+    restarts.sort_by_key(|(_, begun, _)| *begun);
+    for pair in restarts.windows(2) {
+        assert!(
+            pair[1].1 >= pair[0].2,
+            "{} restarted while {} was still restarting",
+            pair[1].0,
+            pair[0].0
+        );
+    }
+    assert!(
+        coordinator.leases().is_empty(),
+        "every lease was released: {:?}",
+        coordinator.leases()
+    );
+    stop.cancel();
 }

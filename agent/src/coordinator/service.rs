@@ -90,6 +90,15 @@ pub fn view_of(model: &Model, identity: &Identity) -> anyhow::Result<(ClusterVie
     Ok((view, ca))
 }
 
+/// The view and a CA signer for `model`, ready for [`Coordinator::new`].
+pub fn signer_and_view(
+    model: &Model,
+    identity: &Identity,
+) -> anyhow::Result<(ClusterView, Arc<dyn CsrSigner>)> {
+    let (view, ca) = view_of(model, identity)?;
+    Ok((view, Arc::new(CaSigner(ca))))
+}
+
 /// Fetches the repository and loads the head (blocking).
 fn load_head(repo: &mut Repo) -> anyhow::Result<(String, Model)> {
     let head = repo
@@ -124,19 +133,14 @@ pub async fn run(config_path: &Path, agent: AgentConfig) -> anyhow::Result<()> {
     })
     .await
     .context("the loading thread panicked")??;
-    let (view, ca) = view_of(&model, &identity)?;
+    let (view, signer) = signer_and_view(&model, &identity)?;
     let webhook_secret = desired_state::types::Name::try_from("git-webhook-secret")
         .ok()
         .filter(|n| model.secrets.contains_key(n))
         .map(|n| model.decrypt(&n, &identity).map(|s| s.expose().to_owned()))
         .transpose()
         .context("decrypting secrets/git-webhook-secret.age")?;
-    let coordinator = Coordinator::new(
-        view,
-        Arc::new(CaSigner(ca)),
-        Arc::new(SystemClock),
-        webhook_secret,
-    );
+    let coordinator = Coordinator::new(view, signer, Arc::new(SystemClock), webhook_secret);
     tracing::info!(commit = %head, cluster = %config.cluster, listen = %config.listen, "coordinator starting");
 
     let stop = CancellationToken::new();

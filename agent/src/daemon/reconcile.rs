@@ -140,7 +140,20 @@ fn chain(err: &dyn std::error::Error) -> String {
 }
 
 impl Reconciler {
+    /// A reconciler managing services as `config.service_manager` says.
     pub fn new(config: AgentConfig) -> Result<Self, SetupError> {
+        let services: Arc<dyn ServiceManager> = match config.service_manager {
+            ServiceManagerKind::Systemctl => Arc::new(Systemctl::new()),
+            ServiceManagerKind::None => Arc::new(NoServiceManager),
+        };
+        Self::with_services(config, services)
+    }
+
+    /// A reconciler managing services through `services` (tests script it).
+    pub fn with_services(
+        config: AgentConfig,
+        services: Arc<dyn ServiceManager>,
+    ) -> Result<Self, SetupError> {
         let identity_path = config.rooted(&config.identity_file);
         let identity_text =
             std::fs::read_to_string(&identity_path).map_err(|source| SetupError::Read {
@@ -153,10 +166,6 @@ impl Reconciler {
         })?;
         let trusted =
             TrustedSigners::parse(&config.trusted_signers).map_err(SetupError::Signers)?;
-        let services: Arc<dyn ServiceManager> = match config.service_manager {
-            ServiceManagerKind::Systemctl => Arc::new(Systemctl::new()),
-            ServiceManagerKind::None => Arc::new(NoServiceManager),
-        };
         let state_dir = config.state_path();
         let applier = Applier::new(config.root.clone(), state_dir.clone(), services.clone())
             .map_err(SetupError::Apply)?;
