@@ -603,3 +603,135 @@ fn restarts_take_the_role_lease_one_node_at_a_time() {
     );
     stop.cancel();
 }
+
+#[test]
+fn unsigned_commits_are_refused_and_an_unreachable_remote_keeps_the_last_good_revision() {
+    use kraftops_agent::daemon::reconcile::Reconciler;
+    use kraftops_agent::daemon::state::Trigger;
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (remote, work) = repository(tmp.path());
+    let key = tmp.path().join("signing-key");
+    let keygen = Command::new("ssh-keygen")
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "ops@example",
+            "-f",
+            key.to_str().expect("utf8"),
+        ])
+        .status()
+        .unwrap_or_else(|e| panic!("ssh-keygen is needed (Debian package openssh-client): {e}"));
+    assert!(keygen.success());
+    let public = std::fs::read_to_string(key.with_extension("pub")).expect("public key");
+    let signed_commit = |message: &str| {
+        git(
+            &work,
+            &[
+                "-c",
+                "gpg.format=ssh",
+                "-c",
+                &format!("user.signingkey={}", key.display()),
+                "commit",
+                "-q",
+                "-S",
+                "--allow-empty",
+                "-m",
+                message,
+            ],
+        );
+        git(
+            &work,
+            &["push", "-q", remote.to_str().expect("utf8"), "HEAD:main"],
+        );
+        git(&work, &["rev-parse", "HEAD"])
+    };
+
+    // observability-1 needs no certificate, so no coordinator is involved.
+    let node = "observability-1";
+    let root = tmp.path().join(node);
+    provision(&root, node);
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0::/root:/bin/sh\nprometheus:x:0:0::/:/bin/false\ngrafana:x:0:0::/:/bin/false\n",
+    )
+    .expect("passwd");
+    std::fs::write(
+        root.join("etc/group"),
+        "root:x:0:\nprometheus:x:0:\ngrafana:x:0:\n",
+    )
+    .expect("group");
+    let text = format!(
+        "node: {node}\nrepository:\n  url: file://{}\n  branch: main\nidentity_file: /etc/kraftops/age-identity\nlisten: 127.0.0.1:{}\nroot: {}\nservice_manager: none\ntrusted_signers:\n  - {}\n",
+        remote.display(),
+        free_port(),
+        root.display(),
+        public.trim()
+    );
+    let config =
+        kraftops_agent::config::AgentConfig::parse(Path::new("agent.yaml"), &text).expect("config");
+    let mut r = Reconciler::new(config).expect("reconciler");
+    let prometheus_yml = root.join("etc/prometheus/prometheus.yml");
+
+    // The repository's first commit is unsigned: refused, nothing applied.
+    let o = r.reconcile(&Trigger::Timer, &|_| {});
+    assert_eq!(o.phase, Phase::Refused, "{o:?}");
+    assert!(
+        o.error
+            .as_ref()
+            .is_some_and(|e| e.message.contains("not signed") || e.message.contains("unsigned")),
+        "{o:?}"
+    );
+    assert!(o.revision_applied.is_none(), "{o:?}");
+    assert!(
+        !prometheus_yml.exists(),
+        "an unsigned commit must change nothing"
+    );
+
+    // A signed commit is applied, and its signer reported.
+    let good = signed_commit("signed by ops");
+    let o = r.reconcile(&Trigger::Timer, &|_| {});
+    assert_eq!(o.phase, Phase::Converged, "{o:?}");
+    assert_eq!(o.revision_applied.as_deref(), Some(good.as_str()));
+    assert!(
+        o.signer
+            .as_deref()
+            .is_some_and(|s| s.starts_with("ssh-ed25519 SHA256:") && s.ends_with("ops@example")),
+        "{o:?}"
+    );
+    assert!(prometheus_yml.is_file());
+
+    // An unsigned commit on top is refused; the signed one stays.
+    git(&work, &["commit", "-q", "--allow-empty", "-m", "unsigned"]);
+    git(
+        &work,
+        &["push", "-q", remote.to_str().expect("utf8"), "HEAD:main"],
+    );
+    let o = r.reconcile(&Trigger::Timer, &|_| {});
+    assert_eq!(o.phase, Phase::Refused, "{o:?}");
+    assert_eq!(o.revision_applied.as_deref(), Some(good.as_str()));
+
+    // The remote disappears: the node keeps its revision and repairs drift offline.
+    let moved = tmp.path().join("remote.git.away");
+    std::fs::rename(&remote, &moved).expect("move the remote away");
+    std::fs::write(&prometheus_yml, "hand edit\n").expect("edit");
+    let o = r.reconcile(&Trigger::Timer, &|_| {});
+    assert_eq!(o.phase, Phase::RepoUnreachable, "{o:?}");
+    assert_eq!(o.revision_applied.as_deref(), Some(good.as_str()));
+    assert_ne!(
+        std::fs::read_to_string(&prometheus_yml).expect("read"),
+        "hand edit\n",
+        "drift repaired while the remote is gone"
+    );
+
+    // It returns: a new signed commit is applied.
+    std::fs::rename(&moved, &remote).expect("move it back");
+    let newer = signed_commit("signed again");
+    let o = r.reconcile(&Trigger::Timer, &|_| {});
+    assert_eq!(o.phase, Phase::Converged, "{o:?}");
+    assert_eq!(o.revision_applied.as_deref(), Some(newer.as_str()));
+}
