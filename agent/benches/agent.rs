@@ -168,7 +168,9 @@ fn main() {
         fetch_cpu.as_secs_f64() * 1e3
     );
 
-    // An idle agent process: converged, then left alone.
+    // An idle agent process: converged, then left alone. (It takes the
+    // state directory's lock, so the in-process reconciler goes first.)
+    drop(reconciler);
     let mut child = Command::new(env!("CARGO_BIN_EXE_kraftops-agent"))
         .args([
             "run",
@@ -180,6 +182,9 @@ fn main() {
         .spawn()
         .expect("agent starts");
     std::thread::sleep(Duration::from_secs(5));
+    if let Ok(Some(status)) = child.try_wait() {
+        panic!("the agent exited early: {status}");
+    }
     let pid = child.id();
     let cpu0 = cpu_of(&pid.to_string());
     let window = Duration::from_secs(30);

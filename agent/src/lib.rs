@@ -18,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod coordinator;
 pub mod daemon;
+mod http_auth;
 pub mod init;
 pub mod protocol;
 pub mod sync;

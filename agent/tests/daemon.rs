@@ -65,10 +65,9 @@ struct Processes(Vec<(String, Child)>);
 
 impl Drop for Processes {
     fn drop(&mut self) {
-        for (name, child) in &mut self.0 {
+        for (_, child) in &mut self.0 {
             let _ = child.kill();
             let _ = child.wait();
-            let _ = name;
         }
     }
 }

@@ -1,39 +1,13 @@
 //! Who is calling: join tokens compared in constant time, and the git host's
 //! webhook signature.
 
-use axum::http::HeaderMap;
-use axum::http::header::AUTHORIZATION;
 use hmac::{Hmac, Mac};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 
 /// The header a git host signs a webhook body in (GitHub, Gitea, Forgejo).
 pub const SIGNATURE_HEADER: &str = "x-hub-signature-256";
 
-/// A join token as the coordinator keeps it: its SHA-256, so the tokens
-/// themselves are not held in memory and every comparison is over 32 bytes
-/// whatever the presented token's length.
-pub(crate) type TokenDigest = [u8; 32];
-
-pub(crate) fn token_digest(token: &str) -> TokenDigest {
-    Sha256::digest(token.as_bytes()).into()
-}
-
-/// Equal digests, without an early exit on the first differing byte.
-pub(crate) fn digests_equal(a: &TokenDigest, b: &TokenDigest) -> bool {
-    let difference = a
-        .iter()
-        .zip(b.iter())
-        .fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(difference) == 0
-}
-
-/// The token of `Authorization: Bearer <token>`, if the header has one.
-pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
-}
+pub(crate) use crate::http_auth::{TokenDigest, bearer_token, digests_equal, token_digest};
 
 /// Whether `header` (`sha256=<hex>`) is the HMAC-SHA256 of `body` under
 /// `secret`. The comparison is the MAC's own constant-time one.

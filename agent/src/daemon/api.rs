@@ -14,16 +14,16 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use axum::http::header::{CONTENT_TYPE, WWW_AUTHENTICATE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 
 use super::state::{AgentState, Metrics, Trigger};
+use crate::http_auth::{bearer_token, tokens_equal};
 use crate::protocol::{ApiError, Phase};
 
 /// The largest request body accepted. No endpoint needs a body; the limit
@@ -189,27 +189,6 @@ fn authorize(configured: Option<&str>, headers: &HeaderMap) -> Result<(), Refusa
             Err(Refusal::Unauthenticated)
         }
     }
-}
-
-/// The token of `Authorization: Bearer <token>`, if the header has one.
-fn bearer_token(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
-}
-
-/// Compares SHA-256 digests without an early exit, so neither the position
-/// of the first wrong byte nor the configured token's length shows in the
-/// time the comparison takes.
-fn tokens_equal(presented: &str, configured: &str) -> bool {
-    let a = Sha256::digest(presented.as_bytes());
-    let b = Sha256::digest(configured.as_bytes());
-    let difference = a
-        .iter()
-        .zip(b.iter())
-        .fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(difference) == 0
 }
 
 /// Every phase, in the order `kraftops_agent_phase` lists them.
@@ -459,12 +438,5 @@ mod tests {
         let mut out = String::new();
         push_escaped_label_value(&mut out, "a\\b\"c\nd");
         assert_eq!(out, r#"a\\b\"c\nd"#);
-    }
-
-    #[test]
-    fn token_comparison() {
-        assert!(tokens_equal("secret", "secret"));
-        assert!(!tokens_equal("secret", "secreT"));
-        assert!(!tokens_equal("", "secret"));
     }
 }

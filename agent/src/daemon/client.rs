@@ -75,61 +75,69 @@ impl CoordinatorClient {
         }
     }
 
-    /// `POST /v1/certificates` (blocking).
-    pub fn sign(&self, csr_pem: &str) -> Result<CertificateResponse, ClientError> {
-        let body = CertificateRequestBody {
-            node: self.node.clone(),
-            csr_pem: csr_pem.to_owned(),
-        };
+    /// Sends `body` with this node's token (blocking); a non-2xx answer is
+    /// `Refused` naming `what`.
+    fn send_blocking(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &impl serde::Serialize,
+        what: impl FnOnce() -> String,
+    ) -> Result<reqwest::blocking::Response, ClientError> {
         let resp = self
             .blocking()?
-            .post(format!("{}/v1/certificates", self.base))
+            .request(method, format!("{}{path}", self.base))
             .bearer_auth(&self.token)
-            .json(&body)
+            .json(body)
             .send()
             .map_err(|e| self.unreachable(e))?;
         let status = resp.status();
         if status.is_success() {
-            resp.json().map_err(|e| self.unreachable(e))
+            Ok(resp)
         } else {
             Err(ClientError::Refused {
-                what: "the certificate request".to_owned(),
+                what: what(),
                 status: status.as_u16(),
                 message: message(&resp.text().unwrap_or_default()),
             })
         }
     }
 
-    /// `POST /v1/leases/{role}` (blocking).
+    /// `POST /v1/certificates` (blocking).
+    pub fn sign(&self, csr_pem: &str) -> Result<CertificateResponse, ClientError> {
+        let body = CertificateRequestBody {
+            node: self.node.clone(),
+            csr_pem: csr_pem.to_owned(),
+        };
+        self.send_blocking(reqwest::Method::POST, "/v1/certificates", &body, || {
+            "the certificate request".to_owned()
+        })?
+        .json()
+        .map_err(|e| self.unreachable(e))
+    }
+
+    /// `POST /v1/leases/{role}` (blocking). Held by another node or in the
+    /// coordinator's restart grace (409/503) is `Busy`, not an error.
     pub fn acquire(&self, role: &str, ttl_seconds: u64) -> Result<LeaseAnswer, ClientError> {
         let body = LeaseRequest {
             node: self.node.clone(),
             ttl_seconds,
             fencing: None,
         };
-        let resp = self
-            .blocking()?
-            .post(format!("{}/v1/leases/{role}", self.base))
-            .bearer_auth(&self.token)
-            .json(&body)
-            .send()
-            .map_err(|e| self.unreachable(e))?;
-        let status = resp.status();
-        if status.is_success() {
-            return resp
+        let path = format!("/v1/leases/{role}");
+        match self.send_blocking(reqwest::Method::POST, &path, &body, || {
+            format!("a lease for {role}")
+        }) {
+            Ok(resp) => resp
                 .json()
                 .map(LeaseAnswer::Granted)
-                .map_err(|e| self.unreachable(e));
-        }
-        let text = message(&resp.text().unwrap_or_default());
-        if status.as_u16() == 409 || status.as_u16() == 503 {
-            Ok(LeaseAnswer::Busy(text))
-        } else {
+                .map_err(|e| self.unreachable(e)),
             Err(ClientError::Refused {
-                what: format!("a lease for {role}"),
-                status: status.as_u16(),
-                message: text,
-            })
+                status: 409 | 503,
+                message,
+                ..
+            }) => Ok(LeaseAnswer::Busy(message)),
+            Err(e) => Err(e),
         }
     }
 
@@ -140,23 +148,11 @@ impl CoordinatorClient {
             ttl_seconds: 0,
             fencing: Some(lease.fencing),
         };
-        let resp = self
-            .blocking()?
-            .delete(format!("{}/v1/leases/{}", self.base, lease.role))
-            .bearer_auth(&self.token)
-            .json(&body)
-            .send()
-            .map_err(|e| self.unreachable(e))?;
-        if resp.status().is_success() {
-            Ok(())
-        } else {
-            let status = resp.status().as_u16();
-            Err(ClientError::Refused {
-                what: format!("releasing the {} lease", lease.role),
-                status,
-                message: message(&resp.text().unwrap_or_default()),
-            })
-        }
+        let path = format!("/v1/leases/{}", lease.role);
+        self.send_blocking(reqwest::Method::DELETE, &path, &body, || {
+            format!("releasing the {} lease", lease.role)
+        })
+        .map(drop)
     }
 
     /// `POST /v1/nodes/{node}/status`.
