@@ -77,6 +77,7 @@ struct Cluster {
     work: PathBuf,
     roots: Vec<(String, PathBuf, u16)>,
     coordinator: String,
+    coordinator_args: Vec<String>,
     processes: Processes,
 }
 
@@ -210,16 +211,15 @@ fn start() -> Cluster {
         ),
     )
     .expect("agent config");
-    let child = spawn(
-        &[
-            "coordinator",
-            "--config",
-            coord_root.join("coordinator.yaml").to_str().expect("utf8"),
-            "--agent-config",
-            coord_root.join("agent.yaml").to_str().expect("utf8"),
-        ],
-        &tmp.path().join("coordinator.log"),
-    );
+    let coordinator_args: Vec<String> = vec![
+        "coordinator".to_owned(),
+        "--config".to_owned(),
+        coord_root.join("coordinator.yaml").display().to_string(),
+        "--agent-config".to_owned(),
+        coord_root.join("agent.yaml").display().to_string(),
+    ];
+    let args: Vec<&str> = coordinator_args.iter().map(String::as_str).collect();
+    let child = spawn(&args, &tmp.path().join("coordinator.log"));
     processes.0.push(("coordinator".to_owned(), child));
 
     let mut roots = Vec::new();
@@ -248,6 +248,7 @@ fn start() -> Cluster {
         work,
         roots,
         coordinator,
+        coordinator_args,
         processes,
     }
 }
@@ -435,6 +436,49 @@ fn push_converges_bad_commit_is_refused_and_drift_is_reverted() {
         }
         assert!(Instant::now() < deadline, "drift not reported: {s:?}");
         std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // The coordinator goes away: agents keep converging on their own, and
+    // their reports catch up when it is back.
+    let mut cluster = cluster;
+    let (_, mut coordinator) = cluster.processes.0.remove(0);
+    coordinator.kill().expect("kill the coordinator");
+    coordinator.wait().expect("reap");
+    std::fs::copy(
+        example().join("nodes.yaml"),
+        cluster.work.join("nodes.yaml"),
+    )
+    .expect("restore nodes.yaml");
+    let fixed = cluster.push("fix the duplicate node id");
+    cluster.wait_all("converging without the coordinator", |s| {
+        s.phase == Phase::Converged && s.revision_applied.as_deref() == Some(&fixed)
+    });
+    let args: Vec<&str> = cluster
+        .coordinator_args
+        .iter()
+        .map(String::as_str)
+        .collect();
+    let log = cluster._tmp.path().join("coordinator-restarted.log");
+    cluster
+        .processes
+        .0
+        .push(("coordinator".to_owned(), spawn(&args, &log)));
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let view = reqwest::blocking::get(format!("{}/v1/nodes/broker-1", cluster.coordinator))
+            .ok()
+            .and_then(|r| r.json::<serde_json::Value>().ok());
+        if view.as_ref().is_some_and(|v| {
+            v["report"]["revision_applied"] == serde_json::Value::String(fixed.clone())
+        }) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "reports did not catch up: {view:?}\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(500));
     }
     drop(cluster.processes);
 }
