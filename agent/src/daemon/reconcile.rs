@@ -400,12 +400,22 @@ impl Reconciler {
             }
         };
         on_phase(Phase::Restarting);
-        let mut count = 0;
-        for unit in &pending {
-            self.gate.before_restart(unit)?;
+        let release = |this: &Self| {
+            if let (Some(client), Some(lease)) = (&this.client, &lease)
+                && let Err(e) = client.release(lease)
+            {
+                tracing::warn!(error = %chain(&e), "releasing the lease failed; it expires by its TTL");
+            }
+        };
+        // Nothing restarted yet: a refusal or failure here frees the lease.
+        let before = pending
+            .iter()
+            .try_for_each(|unit| self.gate.before_restart(unit));
+        let restarted = before.and_then(|()| self.applier.restart(&pending).map_err(|e| chain(&e)));
+        if let Err(why) = restarted {
+            release(self);
+            return Err(why);
         }
-        self.applier.restart(&pending).map_err(|e| chain(&e))?;
-        count += pending.len() as u64;
         for unit in &pending {
             while !self.gate.healthy(unit) {
                 if Instant::now() >= deadline {
@@ -416,12 +426,8 @@ impl Reconciler {
                 std::thread::sleep(Duration::from_millis(500));
             }
         }
-        if let (Some(client), Some(lease)) = (&self.client, &lease)
-            && let Err(e) = client.release(lease)
-        {
-            tracing::warn!(error = %chain(&e), "releasing the lease failed; it expires by its TTL");
-        }
-        Ok(count)
+        release(self);
+        Ok(pending.len() as u64)
     }
 
     /// One reconcile. `on_phase` is told about phase changes as they happen.
