@@ -32,6 +32,21 @@ pub enum Phase {
     Failed,
 }
 
+impl Phase {
+    /// Every phase, in the order the agent's metrics list them.
+    pub const ALL: [Phase; 9] = [
+        Phase::Starting,
+        Phase::Syncing,
+        Phase::Applying,
+        Phase::WaitingForLease,
+        Phase::Restarting,
+        Phase::Converged,
+        Phase::Refused,
+        Phase::RepoUnreachable,
+        Phase::Failed,
+    ];
+}
+
 /// One systemd unit's state.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnitStatus {

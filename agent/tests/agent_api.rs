@@ -37,18 +37,6 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/reconcile"),
 ];
 
-const ALL_PHASES: [Phase; 9] = [
-    Phase::Starting,
-    Phase::Syncing,
-    Phase::Applying,
-    Phase::WaitingForLease,
-    Phase::Restarting,
-    Phase::Converged,
-    Phase::Refused,
-    Phase::RepoUnreachable,
-    Phase::Failed,
-];
-
 /// A status with something in every field.
 fn full_report() -> StatusReport {
     StatusReport {
@@ -574,7 +562,7 @@ fn metrics_show_every_contract_metric_with_its_labels_and_value() {
         value_of(&samples, "kraftops_agent_restarts_total", &[]),
         5.0
     );
-    for phase in ALL_PHASES {
+    for phase in Phase::ALL {
         let label = serde_json::to_value(phase).expect("phase");
         let label = label.as_str().expect("a string");
         let expected = if phase == Phase::Converged { 1.0 } else { 0.0 };
@@ -584,7 +572,7 @@ fn metrics_show_every_contract_metric_with_its_labels_and_value() {
             "phase {label}"
         );
     }
-    assert_eq!(count_of(&samples, "kraftops_agent_phase"), ALL_PHASES.len());
+    assert_eq!(count_of(&samples, "kraftops_agent_phase"), Phase::ALL.len());
 }
 
 #[test]
@@ -1106,7 +1094,7 @@ fn openapi_schemas_match_the_protocol_types() {
         assert_eq!(nullable, value.is_null(), "StatusReport.{field} nullable");
     }
 
-    let phases: Vec<Value> = ALL_PHASES
+    let phases: Vec<Value> = Phase::ALL
         .iter()
         .map(|p| serde_json::to_value(p).expect("phase"))
         .collect();

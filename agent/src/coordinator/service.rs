@@ -19,11 +19,6 @@ use crate::certs::{Ca, NodeIdentity};
 use crate::config::AgentConfig;
 use crate::sync::Repo;
 
-/// The name of a node's join-token secret (`secrets/join-token-<node>.age`).
-fn join_token_secret(node: &str) -> String {
-    crate::init::join_token_secret(node)
-}
-
 /// Signs CSRs with the cluster CA, giving each node exactly its own names.
 struct CaSigner(Ca);
 
@@ -66,7 +61,7 @@ pub fn view_of(model: &Model, identity: &Identity) -> anyhow::Result<(ClusterVie
                 ips: vec![IpAddr::V4(n.address.value)],
             },
         );
-        let secret = desired_state::types::Name::try_from(join_token_secret(&name))
+        let secret = desired_state::types::Name::try_from(crate::init::join_token_secret(&name))
             .map_err(|e| anyhow::anyhow!("join token secret name for {name}: {e}"))?;
         if model.secrets.contains_key(&secret) {
             let token = model

@@ -191,22 +191,9 @@ fn authorize(configured: Option<&str>, headers: &HeaderMap) -> Result<(), Refusa
     }
 }
 
-/// Every phase, in the order `kraftops_agent_phase` lists them.
-const PHASES: [Phase; 9] = [
-    Phase::Starting,
-    Phase::Syncing,
-    Phase::Applying,
-    Phase::WaitingForLease,
-    Phase::Restarting,
-    Phase::Converged,
-    Phase::Refused,
-    Phase::RepoUnreachable,
-    Phase::Failed,
-];
-
 /// A phase's name as the status JSON spells it. The match is exhaustive, so
 /// a new phase does not compile until it is named here (add it to
-/// [`PHASES`] too).
+/// [`Phase::ALL`] too).
 fn phase_label(phase: Phase) -> &'static str {
     match phase {
         Phase::Starting => "starting",
@@ -352,7 +339,7 @@ pub fn render_metrics(state: &AgentState, _now: u64) -> String {
         "gauge",
         "1 for the phase the agent is in, 0 for every other phase.",
     );
-    for phase in PHASES {
+    for phase in Phase::ALL {
         out.sample(
             "kraftops_agent_phase",
             &[("phase", phase_label(phase))],
@@ -424,13 +411,13 @@ mod tests {
 
     #[test]
     fn phase_labels_are_the_json_names() {
-        for phase in PHASES {
+        for phase in Phase::ALL {
             let json = serde_json::to_value(phase).unwrap_or_default();
             assert_eq!(json, serde_json::Value::from(phase_label(phase)));
         }
         let distinct: std::collections::BTreeSet<_> =
-            PHASES.iter().map(|p| phase_label(*p)).collect();
-        assert_eq!(distinct.len(), PHASES.len(), "a phase is listed twice");
+            Phase::ALL.iter().map(|p| phase_label(*p)).collect();
+        assert_eq!(distinct.len(), Phase::ALL.len(), "a phase is listed twice");
     }
 
     #[test]
