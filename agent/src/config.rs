@@ -63,6 +63,19 @@ pub struct RepositoryConfig {
     /// (a force-push). Off by default: no silent rollback.
     #[serde(default)]
     pub allow_non_fast_forward: bool,
+    /// The longest one fetch may take, from connecting to the last byte
+    /// (e.g. `60s`, `5m`; at least 1s, at most 1d). A remote that has not
+    /// answered by then counts as unreachable: the node keeps its last good
+    /// revision and retries.
+    #[serde(default = "default_fetch_timeout")]
+    pub fetch_timeout: Duration,
+}
+
+impl RepositoryConfig {
+    /// [`RepositoryConfig::fetch_timeout`] for [`crate::sync::Repo::with_fetch_timeout`].
+    pub fn fetch_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.fetch_timeout.as_secs())
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -74,6 +87,10 @@ pub enum ServiceManagerKind {
 }
 
 fn default_poll() -> Duration {
+    Duration::try_from("60s").unwrap_or_else(|_| unreachable!("60s is a duration"))
+}
+
+fn default_fetch_timeout() -> Duration {
     Duration::try_from("60s").unwrap_or_else(|_| unreachable!("60s is a duration"))
 }
 
@@ -147,6 +164,13 @@ impl AgentConfig {
                 "root and state_dir must be absolute paths".to_owned(),
             ));
         }
+        let fetch_timeout = config.repository.fetch_timeout();
+        if fetch_timeout.is_zero() || fetch_timeout > crate::sync::MAX_FETCH_TIMEOUT {
+            return Err(invalid(format!(
+                "repository.fetch_timeout {} must be from 1s to 1d",
+                config.repository.fetch_timeout.as_str()
+            )));
+        }
         Ok(config)
     }
 
@@ -180,6 +204,43 @@ mod tests {
         assert_eq!(c.rooted("/etc/kafka"), PathBuf::from("/tmp/x/etc/kafka"));
         assert_eq!(c.state_path(), PathBuf::from("/tmp/x/var/lib/kraftops"));
         assert_eq!(c.service_manager, ServiceManagerKind::Systemctl);
+        assert_eq!(
+            c.repository.fetch_timeout(),
+            crate::sync::DEFAULT_FETCH_TIMEOUT
+        );
+    }
+
+    #[test]
+    fn fetch_timeout_is_a_bounded_duration() {
+        let config = |timeout: &str| {
+            format!(
+                "node: b\nrepository:\n  url: x\n  fetch_timeout: {timeout}\nidentity_file: /k\n"
+            )
+        };
+        let c = AgentConfig::parse(Path::new("agent.yaml"), &config("90s")).expect("parses");
+        assert_eq!(
+            c.repository.fetch_timeout(),
+            std::time::Duration::from_secs(90)
+        );
+        let c = AgentConfig::parse(Path::new("agent.yaml"), &config("1d")).expect("parses");
+        assert_eq!(c.repository.fetch_timeout(), crate::sync::MAX_FETCH_TIMEOUT);
+        for (bad, message) in [
+            (
+                "0s",
+                "agent.yaml: repository.fetch_timeout 0s must be from 1s to 1d",
+            ),
+            (
+                "2d",
+                "agent.yaml: repository.fetch_timeout 2d must be from 1s to 1d",
+            ),
+        ] {
+            let err = AgentConfig::parse(Path::new("agent.yaml"), &config(bad))
+                .expect_err("out of range");
+            assert_eq!(err.to_string(), message);
+        }
+        let err = AgentConfig::parse(Path::new("agent.yaml"), &config("soon"))
+            .expect_err("not a duration");
+        assert!(err.to_string().starts_with("agent.yaml:4:18: "), "{err}");
     }
 
     #[test]

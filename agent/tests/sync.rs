@@ -8,7 +8,9 @@ use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use kraftops_agent::sync::{MAX_FILE_BYTES, Repo, SyncError, TrustedSigners};
@@ -989,4 +991,313 @@ fn repo_and_errors_cross_threads() {
     send::<Repo>();
     send::<TrustedSigners>();
     send_sync_error::<SyncError>();
+}
+
+// ---------------------------------------------------------------------------
+// Remotes that hang: every fetch is bounded by the fetch timeout
+// ---------------------------------------------------------------------------
+
+/// What a [`HangingRemote`] does with each connection it accepts.
+#[derive(Clone, Copy, Debug)]
+enum Hang {
+    /// Reads whatever comes and never answers (the TLS or SSH handshake, the
+    /// git or HTTP request all wait for a first byte that never comes).
+    Silent,
+    /// Answers an HTTP request with the headers of a smart-HTTP ref
+    /// advertisement and its first line, then nothing: a stall mid-response.
+    AfterHttpHeaders,
+    /// Answers an HTTP request with a status line, then one header byte
+    /// every 50 ms for as long as the connection lasts: never quiet long
+    /// enough for a per-read timeout to fire.
+    HttpDrip,
+}
+
+/// A TCP server on 127.0.0.1 that accepts connections and hangs them as
+/// `Hang` says. Dropping it closes every connection and the port.
+struct HangingRemote {
+    port: u16,
+    accepted: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl HangingRemote {
+    fn start(hang: Hang) -> HangingRemote {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("local addr").port();
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking listener");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let accepted = Arc::clone(&accepted);
+            let stop = Arc::clone(&stop);
+            move || {
+                let mut connections = Vec::new();
+                while !stop.load(Ordering::SeqCst) {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            accepted.fetch_add(1, Ordering::SeqCst);
+                            let stop = Arc::clone(&stop);
+                            connections.push(std::thread::spawn(move || {
+                                hang_up(stream, hang, &stop);
+                            }));
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                        Err(e) => panic!("accept on 127.0.0.1:{port}: {e}"),
+                    }
+                }
+                for connection in connections {
+                    connection.join().expect("connection thread");
+                }
+            }
+        });
+        HangingRemote {
+            port,
+            accepted,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn url(&self, scheme: &str) -> String {
+        match scheme {
+            "ssh" => format!("ssh://git@127.0.0.1:{}/remote.git", self.port),
+            _ => format!("{scheme}://127.0.0.1:{}/remote.git", self.port),
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for HangingRemote {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            // Not while unwinding from a failed assertion: report that one.
+            if thread.join().is_err() && !std::thread::panicking() {
+                panic!("the hanging remote's thread panicked");
+            }
+        }
+    }
+}
+
+/// Serves one connection as `hang` says until `stop`, then closes it.
+fn hang_up(mut stream: TcpStream, hang: Hang, stop: &AtomicBool) {
+    const ADVERTISEMENT_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\n\
+        Content-Type: application/x-git-upload-pack-advertisement\r\n\
+        Cache-Control: no-cache\r\n\
+        Content-Length: 4096\r\n\
+        \r\n\
+        001e# service=git-upload-pack\n0000";
+    stream.set_nonblocking(false).expect("blocking stream");
+    stream
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("read timeout");
+    let mut request = Vec::new();
+    let mut buf = [0_u8; 4096];
+    let mut answered = false;
+    while !stop.load(Ordering::SeqCst) {
+        match std::io::Read::read(&mut stream, &mut buf) {
+            Ok(0) => return,
+            Ok(n) => request.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
+        }
+        let http_request = request.windows(4).any(|w| w == b"\r\n\r\n");
+        let sent = match hang {
+            Hang::Silent => Ok(()),
+            Hang::AfterHttpHeaders if http_request && !answered => {
+                answered = true;
+                stream.write_all(ADVERTISEMENT_HEAD)
+            }
+            Hang::HttpDrip if http_request && !answered => {
+                answered = true;
+                stream.write_all(b"HTTP/1.1 200 OK\r\nX-Drip: ")
+            }
+            Hang::HttpDrip if answered => stream.write_all(b"."),
+            Hang::AfterHttpHeaders | Hang::HttpDrip => Ok(()),
+        };
+        if sent.is_err() {
+            return;
+        }
+    }
+}
+
+/// Asserts a fetch gave up with `TimedOut`, as unreachable, naming the URL
+/// and the timeout.
+fn assert_timed_out(result: Result<String, SyncError>, url: &str, timeout: Duration) {
+    match result {
+        Err(e) => {
+            assert!(e.is_unreachable(), "expected unreachable, got {e:?}");
+            match &e {
+                SyncError::TimedOut {
+                    url: shown,
+                    timeout: limit,
+                } => {
+                    assert_eq!(shown, url);
+                    assert_eq!(*limit, timeout);
+                }
+                other => panic!("expected TimedOut, got {other:?}"),
+            }
+            let message = e.to_string();
+            assert!(
+                message.contains(url) && message.contains("did not finish within"),
+                "{message}"
+            );
+        }
+        Ok(head) => panic!("fetch from a hanging remote returned {head}"),
+    }
+}
+
+/// Fetches and asserts the fetch timed out no earlier than its timeout and
+/// well within a generous bound.
+fn assert_fetch_times_out(repo: &mut Repo, url: &str) {
+    let timeout = repo.fetch_timeout();
+    let started = Instant::now();
+    let result = repo.fetch();
+    let took = started.elapsed();
+    assert_timed_out(result, url, timeout);
+    assert!(
+        took >= timeout,
+        "gave up after {took:?}, before {timeout:?}"
+    );
+    assert!(took < Duration::from_secs(20), "took {took:?} to give up");
+}
+
+/// A fresh clone of `url` in a temporary directory, with a 1 s fetch timeout.
+fn open_with_short_timeout(url: &str) -> (tempfile::TempDir, Repo) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let repo = Repo::open_or_clone(url, "main", &tmp.path().join("repo"))
+        .unwrap_or_else(|e| panic!("open_or_clone {url}: {e:?}"))
+        .with_fetch_timeout(Duration::from_secs(1));
+    (tmp, repo)
+}
+
+/// Starts a silent remote, fetches from it over `scheme` and checks the
+/// fetch times out and had connected.
+fn silent_remote_times_out(scheme: &str) {
+    let remote = HangingRemote::start(Hang::Silent);
+    let url = remote.url(scheme);
+    let (_tmp, mut repo) = open_with_short_timeout(&url);
+    assert_fetch_times_out(&mut repo, &url);
+    assert!(remote.accepted() >= 1, "the fetch never connected");
+}
+
+#[test]
+fn silent_git_remote_times_out_and_the_last_commit_stays_readable() {
+    let fx = Fixture::new();
+    fx.write("a.yaml", b"a\n");
+    let c1 = fx.commit("c1");
+    fx.push();
+    let mut repo = open(&fx.file_url(), &fx);
+    assert_eq!(fetch(&mut repo), c1);
+    assert_eq!(
+        repo.fetch_timeout(),
+        kraftops_agent::sync::DEFAULT_FETCH_TIMEOUT
+    );
+    drop(repo);
+
+    // The configured URL now points at a remote that accepts and says nothing.
+    let remote = HangingRemote::start(Hang::Silent);
+    let url = remote.url("git");
+    let mut repo = open(&url, &fx).with_fetch_timeout(Duration::from_secs(2));
+    assert_fetch_times_out(&mut repo, &url);
+    assert!(remote.accepted() >= 1, "the fetch never connected");
+    assert_eq!(files(&repo, &c1), set(&[("a.yaml", b"a\n")]));
+    assert!(descends(&repo, &c1, &c1));
+}
+
+#[test]
+fn silent_http_remote_times_out() {
+    silent_remote_times_out("http");
+}
+
+/// The TLS handshake (OpenSSL) waits for a ServerHello that never comes.
+#[test]
+fn silent_https_remote_times_out() {
+    silent_remote_times_out("https");
+}
+
+/// The SSH handshake (libssh2) waits for a server banner that never comes.
+#[test]
+fn silent_ssh_remote_times_out() {
+    silent_remote_times_out("ssh");
+}
+
+#[test]
+fn http_remote_stalling_mid_response_times_out() {
+    let remote = HangingRemote::start(Hang::AfterHttpHeaders);
+    let url = remote.url("http");
+    let (_tmp, mut repo) = open_with_short_timeout(&url);
+    assert_fetch_times_out(&mut repo, &url);
+    assert!(remote.accepted() >= 1, "the fetch never connected");
+}
+
+#[test]
+fn http_remote_dripping_its_answer_times_out() {
+    let remote = HangingRemote::start(Hang::HttpDrip);
+    let url = remote.url("http");
+    let (_tmp, mut repo) = open_with_short_timeout(&url);
+    assert_fetch_times_out(&mut repo, &url);
+    assert!(remote.accepted() >= 1, "the fetch never connected");
+}
+
+#[test]
+fn hung_fetches_are_capped_and_end_when_the_remote_closes() {
+    let remote = HangingRemote::start(Hang::Silent);
+    let url = remote.url("git");
+    let (_tmp, repo) = open_with_short_timeout(&url);
+    let mut repo = repo.with_fetch_timeout(Duration::from_millis(500));
+    for _ in 0..kraftops_agent::sync::MAX_HUNG_FETCHES {
+        assert_fetch_times_out(&mut repo, &url);
+    }
+    // As many fetches as allowed still hang: the next fails at once.
+    let started = Instant::now();
+    match repo.fetch() {
+        Err(e @ SyncError::FetchesHung { .. }) => {
+            assert!(e.is_unreachable(), "{e:?}");
+            let message = e.to_string();
+            assert!(message.contains(&url), "{message}");
+            assert!(
+                message.starts_with(&format!(
+                    "{} earlier fetches",
+                    kraftops_agent::sync::MAX_HUNG_FETCHES
+                )),
+                "{message}"
+            );
+        }
+        other => panic!("expected FetchesHung, got {other:?}"),
+    }
+    assert!(started.elapsed() < repo.fetch_timeout());
+    assert_eq!(
+        remote.accepted(),
+        kraftops_agent::sync::MAX_HUNG_FETCHES,
+        "no new connection once the cap is reached"
+    );
+
+    // The remote closes its connections and its port: the hung fetches end,
+    // and fetching resumes (and finds the port closed).
+    drop(remote);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match repo.fetch() {
+            Err(SyncError::FetchesHung { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            result => {
+                assert_unreachable(result, &url);
+                break;
+            }
+        }
+    }
 }

@@ -3,6 +3,7 @@
 //! served was refused".
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// An error from [`super::Repo`] or [`super::TrustedSigners`].
 ///
@@ -19,6 +20,26 @@ pub enum SyncError {
         url: String,
         #[source]
         source: git2::Error,
+    },
+    /// The fetch did not finish within the configured fetch timeout: the
+    /// remote accepted the connection and then went silent, or sent too
+    /// slowly. The local clone is unchanged (see [`super::Repo::fetch`] for
+    /// what a fetch given up on may still add later).
+    #[error("fetching from git remote {url} did not finish within {}", shown_duration(*.timeout))]
+    TimedOut { url: String, timeout: Duration },
+    /// Earlier fetches from `url` that timed out are still waiting on the
+    /// remote, as many as the agent lets linger; no new fetch is started
+    /// until one of them ends.
+    #[error(
+        "{hung} earlier fetches from git remote {url} are still waiting on it; not starting another"
+    )]
+    FetchesHung { url: String, hung: usize },
+    /// The thread that runs a fetch could not be started, or died.
+    #[error("the thread fetching from {url} failed")]
+    FetchThread {
+        url: String,
+        #[source]
+        source: std::io::Error,
     },
     /// The remote answered but does not have the configured branch.
     #[error("branch {branch:?} does not exist on {url}")]
@@ -85,10 +106,60 @@ pub enum SyncError {
 
 impl SyncError {
     /// Whether the remote could not be reached (network, DNS, refused,
-    /// authentication, missing repository) as opposed to a refusal of what it
-    /// served. The node keeps its last good revision in both cases; this only
-    /// tells the caller which one to report.
+    /// authentication, missing repository, no complete answer within the
+    /// fetch timeout) as opposed to a refusal of what it served. The node
+    /// keeps its last good revision in both cases; this only tells the
+    /// caller which one to report.
     pub fn is_unreachable(&self) -> bool {
-        matches!(self, SyncError::Unreachable { .. })
+        matches!(
+            self,
+            SyncError::Unreachable { .. }
+                | SyncError::TimedOut { .. }
+                | SyncError::FetchesHung { .. }
+        )
+    }
+}
+
+/// `60s`, `1500ms`: how a timeout reads in a message.
+fn shown_duration(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::SyncError;
+
+    #[test]
+    fn timeouts_are_unreachable_and_name_url_and_limit() {
+        let e = SyncError::TimedOut {
+            url: "git://git.example/ops.git".to_owned(),
+            timeout: Duration::from_secs(60),
+        };
+        assert!(e.is_unreachable());
+        assert_eq!(
+            e.to_string(),
+            "fetching from git remote git://git.example/ops.git did not finish within 60s"
+        );
+        let e = SyncError::TimedOut {
+            url: "u".to_owned(),
+            timeout: Duration::from_millis(1500),
+        };
+        assert!(e.to_string().ends_with("within 1500ms"), "{e}");
+        let e = SyncError::FetchesHung {
+            url: "u".to_owned(),
+            hung: 3,
+        };
+        assert!(e.is_unreachable());
+        let e = SyncError::FetchThread {
+            url: "u".to_owned(),
+            source: std::io::Error::other("no threads left"),
+        };
+        assert!(!e.is_unreachable());
     }
 }

@@ -4,11 +4,16 @@
 //! whether a fetched head descends from the last applied commit.
 //!
 //! Everything here blocks (libgit2); the daemon calls it from
-//! `tokio::task::spawn_blocking`.
+//! `tokio::task::spawn_blocking`. Every fetch is bounded by the fetch
+//! timeout ([`Repo::with_fetch_timeout`], default [`DEFAULT_FETCH_TIMEOUT`]):
+//! it runs on a thread of its own and is given up at the deadline with
+//! [`SyncError::TimedOut`], which counts as unreachable (`fetch.rs` says
+//! what exactly is and is not covered).
 //!
 //! **Invariant:** a failed fetch leaves the clone as it was, so every commit
 //! fetched before stays readable with [`Repo::files_at`]; nothing here ever
-//! deletes objects (libgit2 has no gc).
+//! deletes objects (libgit2 has no gc). A timed-out fetch left running can
+//! only add objects and record what the remote advertised.
 //!
 //! **Shallow fetches.** The first fetch of a branch is shallow (depth 1)
 //! where the transport supports it (git://, ssh, https; libgit2's local
@@ -25,21 +30,24 @@
 
 mod credentials;
 mod error;
+mod fetch;
 mod files;
 mod signature;
 
+use std::cell::RefCell;
 use std::ffi::OsStr;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use git2::{
-    AutotagOption, ErrorClass, ErrorCode, FetchOptions, Oid, Reference, Repository,
-    RepositoryInitOptions, RepositoryOpenFlags,
-};
+use git2::{ErrorCode, Oid, Reference, Repository, RepositoryInitOptions, RepositoryOpenFlags};
 
 pub use error::SyncError;
+pub use fetch::{DEFAULT_FETCH_TIMEOUT, MAX_FETCH_TIMEOUT, MAX_HUNG_FETCHES};
 pub use files::MAX_FILE_BYTES;
 pub use signature::TrustedSigners;
+
+use fetch::{Deadline, FetchJob, FetchThreads};
 
 /// The remote's name in the clone's config.
 const REMOTE: &str = "origin";
@@ -53,12 +61,16 @@ const GIT_ENOTSUPPORTED: i32 = -39;
 
 /// A bare clone of the desired-state repository, following one branch.
 pub struct Repo {
-    repo: Repository,
+    /// Replaced after every fetch (see [`Repo::refresh_handle`]).
+    repo: RefCell<Repository>,
     dir: PathBuf,
     /// As configured; may hold credentials, so never logged: use `shown_url`.
     url: String,
     shown_url: String,
     branch: String,
+    fetch_timeout: Duration,
+    /// Fetch threads still running (only timed-out ones between calls).
+    fetch_threads: FetchThreads,
 }
 
 impl fmt::Debug for Repo {
@@ -67,6 +79,7 @@ impl fmt::Debug for Repo {
             .field("dir", &self.dir)
             .field("url", &self.shown_url)
             .field("branch", &self.branch)
+            .field("fetch_timeout", &self.fetch_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -78,6 +91,8 @@ impl Repo {
     /// This never touches the network: a new clone is empty until the first
     /// [`Repo::fetch`], so the agent can start while the remote is down.
     /// An existing clone whose `origin` URL differs is re-pointed at `url`.
+    /// Fetches are bounded by [`DEFAULT_FETCH_TIMEOUT`] until
+    /// [`Repo::with_fetch_timeout`] says otherwise.
     pub fn open_or_clone(url: &str, branch: &str, dir: &Path) -> Result<Repo, SyncError> {
         if branch.is_empty() || !Reference::is_valid_name(&format!("refs/heads/{branch}")) {
             return Err(SyncError::InvalidBranch {
@@ -88,12 +103,7 @@ impl Repo {
         let repo = if is_empty_or_missing(dir)? {
             init_bare(url, dir)?
         } else {
-            Repository::open_ext(
-                dir,
-                RepositoryOpenFlags::NO_SEARCH,
-                std::iter::empty::<&OsStr>(),
-            )
-            .map_err(git_error(format!("open the clone at {}", dir.display())))?
+            open_clone(dir)?
         };
         match repo.find_remote(REMOTE) {
             Ok(remote) if remote.url_bytes() == url.as_bytes() => {}
@@ -115,12 +125,28 @@ impl Repo {
         }
         tracing::debug!(dir = %dir.display(), url = %shown_url, branch, "opened clone");
         Ok(Repo {
-            repo,
+            repo: RefCell::new(repo),
             dir: dir.to_owned(),
             url: url.to_owned(),
             shown_url,
             branch: branch.to_owned(),
+            fetch_timeout: DEFAULT_FETCH_TIMEOUT,
+            fetch_threads: FetchThreads::default(),
         })
+    }
+
+    /// Bounds every later fetch (including the full-history fetch of
+    /// [`Repo::is_descendant`]) to `timeout`, from the start of the call to
+    /// its answer. Cut to the range 1 ms ..= [`MAX_FETCH_TIMEOUT`].
+    #[must_use]
+    pub fn with_fetch_timeout(mut self, timeout: Duration) -> Repo {
+        self.fetch_timeout = timeout.clamp(Duration::from_millis(1), MAX_FETCH_TIMEOUT);
+        self
+    }
+
+    /// How long a fetch may take.
+    pub fn fetch_timeout(&self) -> Duration {
+        self.fetch_timeout
     }
 
     /// Fetches the branch and returns the remote head's commit id (40 hex).
@@ -129,23 +155,34 @@ impl Repo {
     /// ones are incremental and keep every commit in between (see the module
     /// docs). On failure the clone is unchanged and earlier commits stay
     /// readable; [`SyncError::is_unreachable`] tells a dead remote apart.
+    ///
+    /// Returns by the fetch timeout: a remote that has not answered
+    /// completely by then gives [`SyncError::TimedOut`] (unreachable), and
+    /// the fetch is left to end on its own in the background; while
+    /// [`MAX_HUNG_FETCHES`] of those still wait on the remote, a fetch fails
+    /// at once with [`SyncError::FetchesHung`] (unreachable too).
     pub fn fetch(&mut self) -> Result<String, SyncError> {
-        let first = self.repo.find_reference(&self.tracking_ref()).is_err();
+        let deadline = Deadline::after(self.fetch_timeout);
+        let first = self
+            .repo
+            .borrow()
+            .find_reference(&self.tracking_ref())
+            .is_err();
         let head = if first && !is_local_transport(&self.url) {
-            match self.fetch_with_depth(1) {
+            match self.fetch_with_depth(1, deadline) {
                 Err(SyncError::Unreachable { source, .. })
                     if source.raw_code() == GIT_ENOTSUPPORTED =>
                 {
                     tracing::debug!(url = %self.shown_url, "shallow fetch not supported; fetching in full");
-                    self.fetch_with_depth(0)?
+                    self.fetch_with_depth(0, deadline)?
                 }
                 other => other?,
             }
         } else {
-            self.fetch_with_depth(0)?
+            self.fetch_with_depth(0, deadline)?
         };
         let commit = head.to_string();
-        tracing::debug!(url = %self.shown_url, branch = %self.branch, commit, shallow = self.repo.is_shallow(), "fetched");
+        tracing::debug!(url = %self.shown_url, branch = %self.branch, commit, shallow = self.repo.borrow().is_shallow(), "fetched");
         Ok(commit)
     }
 
@@ -155,12 +192,12 @@ impl Repo {
     /// [`SyncError::TooLarge`]; symlinks and submodules are skipped.
     pub fn files_at(&self, commit: &str) -> Result<desired_state::FileSet, SyncError> {
         let (oid, commit) = self.find_commit(commit)?;
-        let tree = self
-            .repo
+        let repo = self.repo.borrow();
+        let tree = repo
             .find_commit(oid)
             .and_then(|c| c.tree())
             .map_err(git_error(format!("read the tree of {commit}")))?;
-        let files = files::read_tree(&self.repo, &commit, tree)?;
+        let files = files::read_tree(&repo, &commit, tree)?;
         tracing::debug!(commit, files = files.len(), "read commit tree");
         Ok(files)
     }
@@ -179,7 +216,8 @@ impl Repo {
         trusted: &TrustedSigners,
     ) -> Result<String, SyncError> {
         let (oid, commit) = self.find_commit(commit)?;
-        let (signature, signed_data) = match self.repo.extract_signature(&oid, None) {
+        let extracted = self.repo.borrow().extract_signature(&oid, None);
+        let (signature, signed_data) = match extracted {
             Ok(extracted) => extracted,
             Err(e) if e.code() == ErrorCode::NotFound => {
                 return Err(SyncError::Unsigned { commit });
@@ -201,7 +239,8 @@ impl Repo {
     /// `commit` must be in the clone; `ancestor` need not be (a commit the
     /// full history does not contain is not an ancestor). If the clone is
     /// shallow and the local answer would be "no", this fetches the full
-    /// history once (network!) and answers from that.
+    /// history once (network!, bounded by the fetch timeout) and answers
+    /// from that.
     pub fn is_descendant(&self, commit: &str, ancestor: &str) -> Result<bool, SyncError> {
         let (commit_oid, commit) = self.find_commit(commit)?;
         let ancestor_oid = parse_commit_id(ancestor)?;
@@ -209,7 +248,8 @@ impl Repo {
         if commit_oid == ancestor_oid {
             return Ok(true);
         }
-        if let Some(answer) = descends(&self.repo, commit_oid, ancestor_oid)? {
+        let decided = descends(&self.repo.borrow(), commit_oid, ancestor_oid)?;
+        if let Some(answer) = decided {
             tracing::debug!(commit, ancestor, answer, "ancestry decided");
             return Ok(answer);
         }
@@ -222,19 +262,9 @@ impl Repo {
         } else {
             DEPTH_UNSHALLOW
         };
-        self.fetch_with_depth(depth)?;
-        // A fresh handle: parsed commits cached by the old one may still
-        // carry the shallow boundary's missing parents.
-        let fresh = Repository::open_ext(
-            &self.dir,
-            RepositoryOpenFlags::NO_SEARCH,
-            std::iter::empty::<&OsStr>(),
-        )
-        .map_err(git_error(format!(
-            "reopen the clone at {}",
-            self.dir.display()
-        )))?;
-        match descends(&fresh, commit_oid, ancestor_oid)? {
+        self.fetch_with_depth(depth, Deadline::after(self.fetch_timeout))?;
+        let decided = descends(&self.repo.borrow(), commit_oid, ancestor_oid)?;
+        match decided {
             Some(answer) => {
                 tracing::debug!(commit, ancestor, answer, "ancestry decided on full history");
                 Ok(answer)
@@ -244,75 +274,51 @@ impl Repo {
     }
 
     fn tracking_ref(&self) -> String {
-        format!("refs/remotes/{REMOTE}/{}", self.branch)
+        tracking_ref(&self.branch)
     }
 
     /// Fetches the branch with `depth` (0 = incremental, no limit) into the
-    /// tracking ref and returns the head the remote advertised.
-    fn fetch_with_depth(&self, depth: i32) -> Result<Oid, SyncError> {
-        let unreachable = |source| SyncError::Unreachable {
-            url: self.shown_url.clone(),
-            source,
+    /// tracking ref by `deadline` and returns the head the remote advertised.
+    fn fetch_with_depth(&self, depth: i32, deadline: Deadline) -> Result<Oid, SyncError> {
+        let job = FetchJob {
+            dir: self.dir.clone(),
+            shown_url: self.shown_url.clone(),
+            branch: self.branch.clone(),
+            depth,
         };
-        let branch_ref = format!("refs/heads/{}", self.branch);
-        let refspec = format!("+{branch_ref}:{}", self.tracking_ref());
-        let repo = &self.repo;
-        let mut remote = repo.find_remote(REMOTE).map_err(git_error(format!(
-            "read the remote of {}",
-            self.dir.display()
-        )))?;
-        let mut options = FetchOptions::new();
-        options
-            .remote_callbacks(credentials::callbacks(repo.config().ok()))
-            .download_tags(AutotagOption::None)
-            .update_fetchhead(false)
-            .depth(depth);
-        tracing::debug!(url = %self.shown_url, branch = %self.branch, depth, "fetching");
-        remote
-            .fetch(
-                &[refspec.as_str()],
-                Some(&mut options),
-                Some("kraftops-agent: fetch"),
-            )
-            .map_err(|e| {
-                if is_local_failure(&e) {
-                    SyncError::Git {
-                        context: format!("store objects fetched from {}", self.shown_url),
-                        source: e,
-                    }
-                } else {
-                    unreachable(e)
-                }
-            })?;
-        let advertised = remote
-            .list()
-            .map_err(unreachable)?
-            .iter()
-            .find(|head| head.name() == branch_ref)
-            .map(|head| head.oid());
-        let Some(head) = advertised else {
-            return Err(SyncError::BranchMissing {
-                url: self.shown_url.clone(),
-                branch: self.branch.clone(),
-            });
-        };
-        // The refspec already moved the tracking ref; make sure it names
-        // exactly what the remote advertised.
-        repo.reference(
-            &self.tracking_ref(),
-            head,
-            true,
-            "kraftops-agent: fetched head",
-        )
-        .map_err(git_error(format!("record fetched head {head}")))?;
+        let head = fetch::fetch_until(job, deadline, &self.fetch_threads)?;
+        self.refresh_handle()?;
         Ok(head)
+    }
+
+    /// Replaces the handle on the clone with a fresh one. A fetch writes
+    /// through the fetch thread's own handle, and one opened before it may
+    /// not see the new packs, and may still hold commits parsed with the
+    /// shallow boundary's missing parents.
+    fn refresh_handle(&self) -> Result<(), SyncError> {
+        let fresh = open_clone(&self.dir)?;
+        // No method holds a borrow across a fetch, so this always succeeds.
+        match self.repo.try_borrow_mut() {
+            Ok(mut repo) => {
+                *repo = fresh;
+                Ok(())
+            }
+            Err(_) => Err(SyncError::Git {
+                context: format!(
+                    "replace the handle on {} while it is in use",
+                    self.dir.display()
+                ),
+                source: git2::Error::from_str("the clone's handle is borrowed"),
+            }),
+        }
     }
 
     /// Parses `commit` and checks it is a commit in the clone.
     fn find_commit(&self, commit: &str) -> Result<(Oid, String), SyncError> {
         let oid = parse_commit_id(commit)?;
         let hex = oid.to_string();
-        match self.repo.find_commit(oid) {
+        let found = self.repo.borrow().find_commit(oid).map(|_| ());
+        match found {
             Ok(_) => Ok((oid, hex)),
             Err(e) if matches!(e.code(), ErrorCode::NotFound | ErrorCode::Invalid) => {
                 Err(SyncError::NotFound { commit: hex })
@@ -402,18 +408,9 @@ fn is_local_transport(url: &str) -> bool {
     url.starts_with("file://") || (!url.contains("://") && Path::new(url).exists())
 }
 
-/// Whether a fetch failed on our side (storing what arrived) rather than in
-/// reaching the remote or receiving from it.
-fn is_local_failure(e: &git2::Error) -> bool {
-    matches!(
-        e.class(),
-        ErrorClass::Odb
-            | ErrorClass::NoMemory
-            | ErrorClass::Config
-            | ErrorClass::Reference
-            | ErrorClass::Filesystem
-            | ErrorClass::Thread
-    )
+/// The ref that holds the fetched head of `branch`.
+fn tracking_ref(branch: &str) -> String {
+    format!("refs/remotes/{REMOTE}/{branch}")
 }
 
 fn is_empty_or_missing(dir: &Path) -> Result<bool, SyncError> {
@@ -462,6 +459,16 @@ fn init_bare(url: &str, dir: &Path) -> Result<Repository, SyncError> {
     std::fs::rename(&partial, dir).map_err(io)?;
     tracing::info!(dir = %dir.display(), url = %credentials::redact_url(url), "created clone");
     Repository::open_bare(dir).map_err(git_error(format!("open the clone at {}", dir.display())))
+}
+
+/// Opens the existing clone in `dir`, without searching parent directories.
+fn open_clone(dir: &Path) -> Result<Repository, SyncError> {
+    Repository::open_ext(
+        dir,
+        RepositoryOpenFlags::NO_SEARCH,
+        std::iter::empty::<&OsStr>(),
+    )
+    .map_err(git_error(format!("open the clone at {}", dir.display())))
 }
 
 /// Wraps a libgit2 error with what was being done.
