@@ -452,6 +452,11 @@ pub struct Receiver {
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct GrafanaSpec {
+    /// Whether the observability node runs Grafana (default true). Off, the
+    /// node renders no Grafana files or unit, and Prometheus does not scrape
+    /// it; the dashboards are still validated. Local mode turns it off where
+    /// Grafana is not installable.
+    pub enabled: bool,
     pub admin_user: UserName,
     /// The Grafana admin password, as an age-encrypted secret.
     pub admin_password_secret: Option<Located<Name>>,
@@ -460,6 +465,7 @@ pub struct GrafanaSpec {
 impl Default for GrafanaSpec {
     fn default() -> Self {
         Self {
+            enabled: true,
             admin_user: default_grafana_admin(),
             admin_password_secret: None,
         }

@@ -29,10 +29,12 @@ pub(crate) fn render(ctx: &Ctx<'_>, plan: &mut Plan) -> Result<(), RenderError> 
         "prometheus-alertmanager.service".to_owned(),
         "grafana-server.service".to_owned(),
     ]);
-    users_and_directories(plan);
+    users_and_directories(plan, ctx.model.cluster.observability.grafana.enabled);
     prometheus(ctx, plan)?;
     alertmanager(ctx, plan)?;
-    grafana(ctx, plan)?;
+    if ctx.model.cluster.observability.grafana.enabled {
+        grafana(ctx, plan)?;
+    }
     coordinator(ctx, plan)?;
     Ok(())
 }
@@ -84,15 +86,11 @@ fn http_url(addr: Ipv4Addr, port: u16) -> String {
     format!("http://{addr}:{port}")
 }
 
-fn users_and_directories(plan: &mut Plan) {
+fn users_and_directories(plan: &mut Plan, grafana: bool) {
     use layout::{GRAFANA_USER as G, PROMETHEUS_USER as P};
     plan.users.push(SystemUser {
         name: P.to_owned(),
         home: layout::PROMETHEUS_HOME.to_owned(),
-    });
-    plan.users.push(SystemUser {
-        name: G.to_owned(),
-        home: layout::GRAFANA_DATA.to_owned(),
     });
     plan.directories.extend([
         dir(layout::PROMETHEUS_ETC, 0o755, "root", "root"),
@@ -101,6 +99,15 @@ fn users_and_directories(plan: &mut Plan) {
         dir(layout::PROMETHEUS_TSDB, 0o750, P, P),
         dir(layout::ALERTMANAGER_ETC, 0o755, "root", "root"),
         dir(layout::ALERTMANAGER_DATA, 0o750, P, P),
+    ]);
+    if !grafana {
+        return;
+    }
+    plan.users.push(SystemUser {
+        name: G.to_owned(),
+        home: layout::GRAFANA_DATA.to_owned(),
+    });
+    plan.directories.extend([
         // Grafana reads its configuration as group grafana and cannot change it.
         dir(layout::GRAFANA_ETC, 0o750, "root", G),
         dir(layout::GRAFANA_PROVISIONING, 0o750, "root", G),
@@ -241,6 +248,9 @@ fn scrape_configs(ctx: &Ctx<'_>) -> Vec<ScrapeConfig> {
         ),
         node_job(ctx, "grafana", ports.grafana, observability),
     ];
+    if !model.cluster.observability.grafana.enabled {
+        jobs.retain(|j| j.job_name != "grafana");
+    }
     // A cluster without Connect has no `kafka-connect` targets; leave the job out.
     jobs.retain(|j| !j.static_configs.is_empty());
     jobs.extend(

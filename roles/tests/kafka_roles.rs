@@ -1322,3 +1322,33 @@ mod jmx_regex {
         assert_eq!(full_match("(x|yz)+", "yzx").expect("alternation")[1], "x");
     }
 }
+
+#[test]
+fn grafana_can_be_turned_off() {
+    let (mut model, secrets) = load();
+    let on = render(&model, &secrets, "observability-1");
+    assert!(on.unit(layout::GRAFANA_UNIT).is_some());
+    model.cluster.observability.grafana.enabled = false;
+    let off = render(&model, &secrets, "observability-1");
+    assert!(off.unit(layout::GRAFANA_UNIT).is_none(), "no Grafana unit");
+    assert!(
+        off.files.iter().all(|f| !f.path.contains("grafana")),
+        "no Grafana file: {:?}",
+        off.files.iter().map(|f| &f.path).collect::<Vec<_>>()
+    );
+    assert!(off.users.iter().all(|u| u.name != layout::GRAFANA_USER));
+    // Debian's own grafana-server stays masked; Prometheus no longer scrapes Grafana.
+    assert!(
+        off.masked_units
+            .iter()
+            .any(|u| u == "grafana-server.service")
+    );
+    let prometheus = text(&off, "/etc/prometheus/prometheus.yml");
+    assert!(!prometheus.contains("job_name: grafana"), "{prometheus}");
+    assert!(text(&on, "/etc/prometheus/prometheus.yml").contains("job_name: grafana"));
+    // The other nodes do not change.
+    assert_eq!(
+        render(&model, &secrets, "broker-1"),
+        example_plan("broker-1")
+    );
+}
