@@ -237,11 +237,14 @@ impl Reconciler {
     fn repo(&mut self) -> Result<&mut Repo, SyncError> {
         if self.repo.is_none() {
             let dir = self.config.state_path().join("repository");
-            self.repo = Some(Repo::open_or_clone(
-                &self.config.repository.url,
-                &self.config.repository.branch,
-                &dir,
-            )?);
+            self.repo = Some(
+                Repo::open_or_clone(
+                    &self.config.repository.url,
+                    &self.config.repository.branch,
+                    &dir,
+                )?
+                .with_fetch_timeout(self.config.repository.fetch_timeout()),
+            );
         }
         match self.repo.as_mut() {
             Some(r) => Ok(r),
@@ -345,7 +348,27 @@ impl Reconciler {
                         on_change: req.on_change.first().cloned().unwrap_or(OnChange::Nothing),
                     });
                 }
-                Err(why) => problems.push(format!("certificate {}: {why}", req.name)),
+                Err(why) => {
+                    problems.push(format!("certificate {}: {why}", req.name));
+                    let keystore = |contents| PlannedFile {
+                        path: req.keystore_path.clone(),
+                        mode: 0o600,
+                        owner: req.owner.clone(),
+                        group: req.group.clone(),
+                        contents,
+                        sensitive: true,
+                        on_change: OnChange::Nothing,
+                    };
+                    match std::fs::read(&path) {
+                        // A renewal that failed keeps the keystore in place
+                        // (a file left out of the plan would be removed).
+                        Ok(current) => plan.files.push(keystore(current)),
+                        // No keystore yet: the units that need it wait for
+                        // it instead of crash-looping; they start (no lease
+                        // needed: nothing runs) once it arrives.
+                        Err(_) => hold_back(plan, &req.on_change),
+                    }
+                }
             }
         }
         plan.files.sort_by(|a, b| a.path.cmp(&b.path));
@@ -374,9 +397,20 @@ impl Reconciler {
         model: &Model,
         on_phase: &dyn Fn(Phase),
     ) -> Result<u64, String> {
-        let pending = self.applier.pending_restarts();
+        // The coordinator grants the leases: it restarts without one (it
+        // would otherwise wait on itself, and after its restart grants no
+        // lease for one TTL). It runs on one node only.
+        let (free, pending): (Vec<String>, Vec<String>) = self
+            .applier
+            .pending_restarts()
+            .into_iter()
+            .partition(|u| u == roles::layout::COORDINATOR_UNIT);
+        if !free.is_empty() {
+            self.applier.restart(&free).map_err(|e| chain(&e))?;
+            tracing::info!(units = ?free, "restarted without a lease (the coordinator itself)");
+        }
         if pending.is_empty() {
-            return Ok(0);
+            return Ok(free.len() as u64);
         }
         let role = plan.role.to_string();
         let ttl = model.cluster.rollout.lease_ttl.as_secs();
@@ -427,7 +461,7 @@ impl Reconciler {
             }
         }
         release(self);
-        Ok(pending.len() as u64)
+        Ok((pending.len() + free.len()) as u64)
     }
 
     /// One reconcile. `on_phase` is told about phase changes as they happen.
@@ -564,5 +598,22 @@ impl Reconciler {
             })
             .collect();
         outcome
+    }
+}
+
+/// Units of `on_change` are not started by this apply (see
+/// [`Reconciler::certificates`]).
+fn hold_back(plan: &mut Plan, on_change: &[OnChange]) {
+    for change in on_change {
+        let unit = match change {
+            OnChange::Restart(u) | OnChange::KafkaDynamicReload(u) | OnChange::Reload(u) => u,
+            OnChange::Nothing => continue,
+        };
+        if let Some(planned) = plan.units.iter_mut().find(|p| &p.name == unit)
+            && planned.start
+        {
+            tracing::info!(unit = %unit, "not starting the unit until its certificate is issued");
+            planned.start = false;
+        }
     }
 }
