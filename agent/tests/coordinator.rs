@@ -1205,3 +1205,57 @@ async fn the_real_server_serves_and_shuts_down_gracefully() {
         "nothing listens after shutdown"
     );
 }
+
+#[tokio::test]
+async fn metrics_show_nodes_phases_and_report_ages_for_prometheus() {
+    let h = Harness::fresh();
+    let (status, _) = h
+        .call(
+            Method::POST,
+            "/v1/nodes/broker-1/status",
+            Some(&token("broker-1")),
+            Some(report("broker-1", "broker")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    h.clock.advance(7);
+    let request = Request::builder()
+        .uri("/metrics")
+        .body(Body::empty())
+        .expect("a valid request");
+    let (status, headers, body) = h.send(request).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        headers[header::CONTENT_TYPE]
+            .to_str()
+            .expect("ASCII")
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let text = String::from_utf8(body).expect("UTF-8");
+    assert!(text.contains("kraftops_coordinator_nodes 4\n"), "{text}");
+    assert!(
+        text.contains(
+            "kraftops_coordinator_node_phase{node=\"broker-1\",role=\"broker\",phase=\"converged\"} 1\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "kraftops_coordinator_node_phase{node=\"broker-2\",role=\"broker\",phase=\"none\"} 1\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("kraftops_coordinator_report_age_seconds{node=\"broker-1\"} 7\n"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("report_age_seconds{node=\"broker-2\"}"),
+        "{text}"
+    );
+    // Every sample line is `name{labels} value` with a numeric value.
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let value = line.rsplit(' ').next().expect("a value");
+        assert!(value.parse::<f64>().is_ok(), "not a sample: {line}");
+    }
+}

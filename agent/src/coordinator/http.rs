@@ -39,6 +39,7 @@ type Shared = State<Arc<Coordinator>>;
 pub fn router(state: Arc<Coordinator>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .route("/v1/nodes", get(list_nodes))
         .route("/v1/nodes/{name}", get(get_node))
         .route("/v1/nodes/{name}/status", post(post_status))
@@ -121,6 +122,110 @@ fn path_param(path: Result<Path<String>, PathRejection>) -> Result<String, Refus
 
 async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "UP" }))
+}
+
+/// Prometheus text: the nodes the coordinator knows, by reported phase and
+/// report age, the live leases, the nudge generation and received alerts.
+async fn metrics(State(coordinator): Shared) -> Response {
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        render_metrics(&coordinator),
+    )
+        .into_response()
+}
+
+/// The text of `GET /metrics`.
+pub fn render_metrics(coordinator: &Coordinator) -> String {
+    use std::fmt::Write as _;
+    let nodes = coordinator.nodes();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP kraftops_coordinator_nodes Nodes in the cluster view."
+    );
+    let _ = writeln!(out, "# TYPE kraftops_coordinator_nodes gauge");
+    let _ = writeln!(out, "kraftops_coordinator_nodes {}", nodes.len());
+    let _ = writeln!(
+        out,
+        "# HELP kraftops_coordinator_node_phase 1 for the phase each node last reported."
+    );
+    let _ = writeln!(out, "# TYPE kraftops_coordinator_node_phase gauge");
+    for n in &nodes {
+        let phase = n.report.as_ref().map_or_else(
+            || "none".to_owned(),
+            |r| {
+                serde_json::to_value(r.phase)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            },
+        );
+        let _ = writeln!(
+            out,
+            "kraftops_coordinator_node_phase{{node=\"{}\",role=\"{}\",phase=\"{phase}\"}} 1",
+            n.node, n.role
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP kraftops_coordinator_report_age_seconds Seconds since each node's last report."
+    );
+    let _ = writeln!(out, "# TYPE kraftops_coordinator_report_age_seconds gauge");
+    for n in &nodes {
+        if let Some(age) = n.age_seconds {
+            let _ = writeln!(
+                out,
+                "kraftops_coordinator_report_age_seconds{{node=\"{}\"}} {age}",
+                n.node
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP kraftops_coordinator_lease_held 1 per live restart lease, by role and holder."
+    );
+    let _ = writeln!(out, "# TYPE kraftops_coordinator_lease_held gauge");
+    for l in coordinator.leases() {
+        let _ = writeln!(
+            out,
+            "kraftops_coordinator_lease_held{{role=\"{}\",holder=\"{}\"}} 1",
+            l.role, l.holder
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP kraftops_coordinator_nudge_generation Nudges sent to agents since start."
+    );
+    let _ = writeln!(out, "# TYPE kraftops_coordinator_nudge_generation counter");
+    let _ = writeln!(
+        out,
+        "kraftops_coordinator_nudge_generation {}",
+        coordinator.generation()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP kraftops_coordinator_alerts_received Alerts kept from Alertmanager."
+    );
+    let _ = writeln!(out, "# TYPE kraftops_coordinator_alerts_received gauge");
+    let _ = writeln!(
+        out,
+        "kraftops_coordinator_alerts_received {}",
+        coordinator.alerts().len()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP kraftops_coordinator_started_time_seconds When this coordinator started."
+    );
+    let _ = writeln!(
+        out,
+        "# TYPE kraftops_coordinator_started_time_seconds gauge"
+    );
+    let _ = writeln!(
+        out,
+        "kraftops_coordinator_started_time_seconds {}",
+        coordinator.started_at()
+    );
+    out
 }
 
 async fn list_nodes(State(coordinator): Shared) -> Json<Vec<NodeView>> {

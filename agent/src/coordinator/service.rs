@@ -117,12 +117,19 @@ pub async fn run(config_path: &Path, agent: AgentConfig) -> anyhow::Result<()> {
             .with_context(|| format!("reading {}", identity_path.display()))?,
     )
     .with_context(|| format!("parsing {}", identity_path.display()))?;
-    let dir = agent.state_path().join("coordinator-repository");
+    // Its own clone, in the unit's StateDirectory= (systemd passes it as
+    // $STATE_DIRECTORY; the sandbox leaves only that writable).
+    let dir = match std::env::var_os("STATE_DIRECTORY") {
+        Some(d) if !d.is_empty() => std::path::PathBuf::from(d).join("repository"),
+        _ => agent.state_path().join("coordinator-repository"),
+    };
     let url = agent.repository.url.clone();
     let branch = agent.repository.branch.clone();
+    let fetch_timeout = agent.repository.fetch_timeout();
     let (mut repo, head, model) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let mut repo =
-            Repo::open_or_clone(&url, &branch, &dir).context("opening the repository clone")?;
+        let mut repo = Repo::open_or_clone(&url, &branch, &dir)
+            .context("opening the repository clone")?
+            .with_fetch_timeout(fetch_timeout);
         let (head, model) = load_head(&mut repo)?;
         Ok((repo, head, model))
     })
