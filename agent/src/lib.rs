@@ -11,6 +11,7 @@
 //!   CSR signing, nudges.
 //! - [`daemon`]: the reconcile loop, the agent's HTTP API and metrics.
 //! - [`protocol`]: the coordinator protocol's types.
+//! - [`local`]: local mode, the whole cluster on one machine.
 
 pub mod apply;
 pub mod certs;
@@ -20,5 +21,6 @@ pub mod coordinator;
 pub mod daemon;
 mod http_auth;
 pub mod init;
+pub mod local;
 pub mod protocol;
 pub mod sync;

@@ -57,9 +57,11 @@ fn readme_commands_point_at_real_files() {
     let root = workspace();
     let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
     for path in [
+        "scripts/local",
         "scripts/test",
+        "scripts/kafka-dist",
         "desired-state/examples/seed",
-        "desired-state/examples/seed.example-only.age-identity",
+        "desired-state/examples/seed.local.yaml",
         "desired-state/schema",
     ] {
         assert!(readme.contains(path), "README.md no longer mentions {path}");
@@ -68,6 +70,24 @@ fn readme_commands_point_at_real_files() {
             "README.md mentions {path}, which does not exist"
         );
     }
+    // The two set-up commands, in this order.
+    let first = readme
+        .find("\nscripts/local up\n")
+        .expect("README.md's first command is `scripts/local up`");
+    let second = readme
+        .find("\nscripts/test\n")
+        .expect("README.md's second command is `scripts/test`");
+    assert!(
+        first < second,
+        "`scripts/local up` comes before `scripts/test`"
+    );
+    let local = std::fs::read_to_string(root.join("scripts/local")).expect("scripts/local");
+    assert!(
+        local.contains("local up")
+            && local.contains("example=desired-state/examples/seed\n")
+            && local.contains("--override \"$example.local.yaml\""),
+        "scripts/local up brings the example up with its override"
+    );
     let ci = std::fs::read_to_string(root.join(".ci/run")).expect(".ci/run");
     assert!(
         ci.contains("scripts/test"),
