@@ -1259,3 +1259,53 @@ async fn metrics_show_nodes_phases_and_report_ages_for_prometheus() {
         assert!(value.parse::<f64>().is_ok(), "not a sample: {line}");
     }
 }
+
+#[tokio::test]
+async fn a_lease_record_lets_a_first_start_grant_at_once_and_a_restart_wait_for_the_last_lease() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let record = dir.path().join("leases-until");
+    let start = |clock: Arc<ManualClock>| {
+        let coordinator = Coordinator::with_lease_record(
+            view(),
+            Arc::new(FakeSigner),
+            clock.clone(),
+            None,
+            record.clone(),
+        );
+        Harness {
+            app: router(coordinator.clone()),
+            coordinator,
+            clock,
+        }
+    };
+    // First start ever: no record, no grace.
+    let first = start(Arc::new(ManualClock::new(START)));
+    let (status, body) = acquire(&first, "broker", "broker-1", 60).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let granted = lease(body);
+    let recorded: u64 = std::fs::read_to_string(&record)
+        .expect("the record is written before the grant")
+        .trim()
+        .parse()
+        .expect("a Unix time");
+    assert_eq!(recorded, START + 60);
+
+    // A restart 10 s later waits until that lease would have expired, not
+    // a whole TTL_MAX.
+    let second = start(Arc::new(ManualClock::new(START + 10)));
+    let (status, body) = acquire(&second, "broker", "broker-2", 60).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        api_error(&body).contains(&format!("until {}", START + 60)),
+        "{body}"
+    );
+    second.clock.advance(50);
+    let (status, body) = acquire(&second, "broker", "broker-2", 60).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(lease(body).fencing > granted.fencing);
+
+    // An unreadable record: the full grace of one TTL.
+    std::fs::write(&record, "garbage").expect("write");
+    let third = start(Arc::new(ManualClock::new(START + 200)));
+    assert_eq!(third.coordinator.lease_grace_until(), START + 200 + TTL_MAX);
+}

@@ -22,6 +22,7 @@ pub mod service;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -195,6 +196,11 @@ pub struct Coordinator {
     /// `lease_ttl_max` when the coordinator started: the longest lease the
     /// previous run may have granted, as far as this run can know.
     lease_ttl_max_at_start: u64,
+    /// Where the latest expiry of any lease granted is recorded, so the
+    /// next run knows how long leases of this one may still be in use.
+    lease_record: Option<PathBuf>,
+    /// The recorded expiry read at start: `Some` when a record was kept.
+    recorded_until: Option<u64>,
     state: Mutex<State>,
     nudges: watch::Sender<u64>,
 }
@@ -223,7 +229,49 @@ impl Coordinator {
         clock: Arc<dyn Clock>,
         webhook_secret: Option<String>,
     ) -> Arc<Coordinator> {
+        Self::build(view, signer, clock, webhook_secret, None)
+    }
+
+    /// Like [`Coordinator::new`], keeping a lease record at `record` (in
+    /// the coordinator's state directory): the latest expiry of any lease
+    /// it grants. After a restart no lease is granted until that recorded
+    /// time; with no record (the first start) leases are granted at once.
+    /// An unreadable record is treated as absent only if it does not exist;
+    /// otherwise the full grace of one TTL applies.
+    pub fn with_lease_record(
+        view: ClusterView,
+        signer: Arc<dyn CsrSigner>,
+        clock: Arc<dyn Clock>,
+        webhook_secret: Option<String>,
+        record: PathBuf,
+    ) -> Arc<Coordinator> {
+        Self::build(view, signer, clock, webhook_secret, Some(record))
+    }
+
+    fn build(
+        view: ClusterView,
+        signer: Arc<dyn CsrSigner>,
+        clock: Arc<dyn Clock>,
+        webhook_secret: Option<String>,
+        lease_record: Option<PathBuf>,
+    ) -> Arc<Coordinator> {
         let started_at = clock.now();
+        let recorded_until = lease_record.as_deref().and_then(|path| {
+            match std::fs::read_to_string(path) {
+                Ok(text) => match text.trim().parse::<u64>() {
+                    Ok(until) => Some(until),
+                    Err(_) => {
+                        tracing::warn!(path = %path.display(), "unreadable lease record; waiting one lease TTL before granting leases");
+                        None
+                    }
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(0),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot read the lease record; waiting one lease TTL before granting leases");
+                    None
+                }
+            }
+        });
         let webhook_secret = webhook_secret
             .filter(|secret| !secret.is_empty())
             .map(String::into_bytes);
@@ -233,6 +281,8 @@ impl Coordinator {
             webhook_secret,
             started_at,
             lease_ttl_max_at_start: view.lease_ttl_max.as_secs(),
+            lease_record,
+            recorded_until,
             state: Mutex::new(State {
                 cluster: view.cluster.clone(),
                 roster: Roster::new(view),
@@ -280,6 +330,9 @@ impl Coordinator {
 
     /// Until when (Unix seconds) no lease is granted after the start.
     pub fn lease_grace_until(&self) -> u64 {
+        if let Some(until) = self.recorded_until {
+            return until;
+        }
         let ttl = self
             .lease_ttl_max_at_start
             .max(self.lock().roster.lease_ttl_max);
@@ -466,9 +519,34 @@ impl Coordinator {
                 wait_seconds: grace_until - now,
             });
         }
+        self.record_lease_until(now.saturating_add(ttl))?;
         let lease = state.leases.acquire(role, &request.node, ttl, now)?;
         tracing::info!(%role, holder = %lease.holder, fencing = lease.fencing, expires_in_seconds = lease.expires_in_seconds, "lease granted");
         Ok(lease)
+    }
+
+    /// Records `until` (if later than the record) before a lease that
+    /// long is handed out; a record that cannot be written refuses the
+    /// lease (a restart could otherwise grant a second one).
+    fn record_lease_until(&self, until: u64) -> Result<(), Refusal> {
+        let Some(path) = &self.lease_record else {
+            return Ok(());
+        };
+        let current = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        if until <= current {
+            return Ok(());
+        }
+        let temp = path.with_extension("tmp");
+        std::fs::write(&temp, format!("{until}\n"))
+            .and_then(|()| std::fs::File::open(&temp).and_then(|f| f.sync_all()))
+            .and_then(|()| std::fs::rename(&temp, path))
+            .map_err(|e| {
+                tracing::error!(path = %path.display(), error = %e, "cannot record the lease; refusing it");
+                Refusal::Internal
+            })
     }
 
     pub(crate) fn renew_lease(
@@ -481,6 +559,7 @@ impl Coordinator {
         let mut state = self.lock();
         let ttl = Self::check_lease_request(&state, authenticated, role, request)?;
         let fencing = Self::fencing_of(request)?;
+        self.record_lease_until(now.saturating_add(ttl))?;
         let lease = state.leases.renew(role, &request.node, fencing, ttl, now)?;
         tracing::debug!(%role, holder = %lease.holder, fencing, "lease renewed");
         Ok(lease)

@@ -119,10 +119,13 @@ pub async fn run(config_path: &Path, agent: AgentConfig) -> anyhow::Result<()> {
     .with_context(|| format!("parsing {}", identity_path.display()))?;
     // Its own clone, in the unit's StateDirectory= (systemd passes it as
     // $STATE_DIRECTORY; the sandbox leaves only that writable).
-    let dir = match std::env::var_os("STATE_DIRECTORY") {
-        Some(d) if !d.is_empty() => std::path::PathBuf::from(d).join("repository"),
-        _ => agent.state_path().join("coordinator-repository"),
+    let state_dir = match std::env::var_os("STATE_DIRECTORY") {
+        Some(d) if !d.is_empty() => std::path::PathBuf::from(d),
+        _ => agent.state_path().join("coordinator"),
     };
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("creating {}", state_dir.display()))?;
+    let dir = state_dir.join("repository");
     let url = agent.repository.url.clone();
     let branch = agent.repository.branch.clone();
     let fetch_timeout = agent.repository.fetch_timeout();
@@ -142,7 +145,15 @@ pub async fn run(config_path: &Path, agent: AgentConfig) -> anyhow::Result<()> {
         .map(|n| model.decrypt(&n, &identity).map(|s| s.expose().to_owned()))
         .transpose()
         .context("decrypting secrets/git-webhook-secret.age")?;
-    let coordinator = Coordinator::new(view, signer, Arc::new(SystemClock), webhook_secret);
+    // The lease record survives restarts: the next run grants no lease
+    // before the last one this run granted has expired.
+    let coordinator = Coordinator::with_lease_record(
+        view,
+        signer,
+        Arc::new(SystemClock),
+        webhook_secret,
+        state_dir.join("leases-until"),
+    );
     tracing::info!(commit = %head, cluster = %config.cluster, listen = %config.listen, "coordinator starting");
 
     let stop = CancellationToken::new();
