@@ -124,13 +124,50 @@ fn http_json(url: &str) -> Value {
         .unwrap_or_else(|e| panic!("GET {url}: {e}"))
 }
 
-fn mem_available_kib() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .expect("/proc/meminfo")
-        .lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .expect("MemAvailable")
+/// The resident memory (MiB) of every process running inside a node of
+/// the local cluster: the descendants of its `systemd-nspawn` processes.
+fn cluster_rss_mib() -> u64 {
+    let mut parent = std::collections::HashMap::new();
+    let mut rss = std::collections::HashMap::new();
+    let mut roots = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        };
+        if let Some(ppid) = field("PPid:") {
+            parent.insert(pid, u32::try_from(ppid).unwrap_or(0));
+        }
+        rss.insert(pid, field("VmRSS:").unwrap_or(0));
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        if cmdline.starts_with("systemd-nspawn") && cmdline.contains(STATE_DIR) {
+            roots.push(pid);
+        }
+    }
+    let in_cluster = |mut pid: u32| {
+        for _ in 0..64 {
+            if roots.contains(&pid) {
+                return true;
+            }
+            match parent.get(&pid) {
+                Some(&p) if p > 1 || roots.contains(&p) => pid = p,
+                _ => return false,
+            }
+        }
+        false
+    };
+    rss.iter()
+        .filter(|(pid, _)| in_cluster(**pid))
+        .map(|(_, kib)| kib)
+        .sum::<u64>()
+        / 1024
 }
 
 fn kafka_dist() -> (String, String) {
@@ -206,6 +243,71 @@ fn dashboard_queries(path: &Path) -> Vec<String> {
         .collect()
 }
 
+/// A copy of the example repository in `dir`.
+fn copy_example(dir: &Path) {
+    let copy = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", example().display()))
+        .arg(dir)
+        .status()
+        .expect("cp");
+    assert!(copy.success(), "copying the example");
+}
+
+/// `local push <dir>`, then waits until every agent has applied the new
+/// head and converged; returns the head and the seconds it took.
+fn push_and_wait(state: &ClusterState, dir: &Path, message: &str) -> (String, f64) {
+    let started = Instant::now();
+    let pushed = agent(&["push", dir.to_str().expect("UTF-8"), "-m", message]);
+    assert!(pushed.status.success(), "{}", stderr(&pushed));
+    let head = stdout(&pushed).trim().to_owned();
+    wait_until(
+        &format!("every agent converged on {message}"),
+        Duration::from_secs(1200),
+        || {
+            let views = kraftops_agent::local::node_views(state).ok()?;
+            views
+                .iter()
+                .all(|v| {
+                    v.report.as_ref().is_some_and(|r| {
+                        r.revision_applied.as_deref() == Some(head.as_str())
+                            && r.phase == kraftops_agent::protocol::Phase::Converged
+                    })
+                })
+                .then_some(())
+        },
+    );
+    (head, started.elapsed().as_secs_f64())
+}
+
+/// `unit`'s last ActiveExit and ActiveEnter inside `node`: systemd's
+/// CLOCK_MONOTONIC µs, one clock for every node (they share the kernel).
+fn unit_times(state: &ClusterState, node: &str, unit: &str) -> (u64, u64) {
+    let out = exec(
+        state,
+        node,
+        &[
+            "systemctl",
+            "show",
+            unit,
+            "--property=ActiveExitTimestampMonotonic",
+            "--property=ActiveEnterTimestampMonotonic",
+        ],
+        None,
+    );
+    let text = stdout(&out);
+    let field = |key: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{node}: no {key} in {text}"))
+    };
+    (
+        field("ActiveExitTimestampMonotonic"),
+        field("ActiveEnterTimestampMonotonic"),
+    )
+}
+
 #[test]
 fn the_example_cluster_comes_up_healthy_and_secure() {
     assert!(
@@ -218,7 +320,6 @@ fn the_example_cluster_comes_up_healthy_and_secure() {
     let _teardown = Teardown;
 
     // From nothing to healthy.
-    let mem_before = mem_available_kib();
     let started = Instant::now();
     let up = agent(&[
         "up",
@@ -237,6 +338,7 @@ fn the_example_cluster_comes_up_healthy_and_secure() {
     ]);
     assert!(up.status.success(), "local up failed: {}", stderr(&up));
     let up_seconds = started.elapsed().as_secs_f64();
+    let mut peak_rss = cluster_rss_mib();
     let state = ClusterState::load(&layout).expect("the local state");
     let model = desired_state::load_dir(&example()).expect("the example loads");
     for phase in [
@@ -560,13 +662,7 @@ fn the_example_cluster_comes_up_healthy_and_secure() {
 
     // An invalid push changes nothing and every agent names the problem.
     let broken = tempfile::tempdir().expect("tempdir");
-    let copy = Command::new("cp")
-        .arg("-a")
-        .arg(format!("{}/.", example().display()))
-        .arg(broken.path())
-        .status()
-        .expect("cp");
-    assert!(copy.success());
+    copy_example(broken.path());
     let cluster_yaml = broken.path().join("cluster.yaml");
     let text = std::fs::read_to_string(&cluster_yaml).expect("cluster.yaml");
     std::fs::write(
@@ -610,11 +706,224 @@ fn the_example_cluster_comes_up_healthy_and_secure() {
         assert_eq!(active, "active", "{}", n.name);
     }
 
-    // Measures (printed, not asserted).
-    let mem_after = mem_available_kib();
+    // A change no node needs to restart for (a new topic file: the nodes'
+    // plans do not change): how long until every agent has applied it.
+    let valid = tempfile::tempdir().expect("tempdir");
+    copy_example(valid.path());
+    std::fs::write(
+        valid.path().join("topics/e2e.yaml"),
+        "topics:\n  - name: e2e-declared\n    partitions: 3\n",
+    )
+    .expect("a topic file");
+    let (quiet_head, quiet_seconds) = push_and_wait(&state, valid.path(), "e2e: a topic");
+    assert_ne!(quiet_head, head);
+
+    // A broker setting that needs a restart rolls through the brokers one
+    // at a time while a producer (acks=all) runs; every acknowledged record
+    // is read back afterwards.
+    let connect_root = layout.node_root("connect-1").join("root");
+    std::fs::write(
+        connect_root.join("e2e-admin.properties"),
+        client_props("admin", &admin_password),
+    )
+    .expect("writing the admin client config on connect-1");
+    let create = exec(
+        &state,
+        "connect-1",
+        &[
+            "/opt/kafka/bin/kafka-topics.sh",
+            "--bootstrap-server",
+            bootstrap,
+            "--command-config",
+            "/root/e2e-admin.properties",
+            "--create",
+            "--if-not-exists",
+            "--topic",
+            "e2e-roll",
+            "--partitions",
+            "6",
+            "--replication-factor",
+            "3",
+            "--config",
+            "min.insync.replicas=2",
+        ],
+        None,
+    );
+    assert!(
+        create.status.success(),
+        "creating e2e-roll: {}",
+        stderr(&create)
+    );
+    let brokers: Vec<String> = state
+        .nodes
+        .iter()
+        .filter(|n| n.role == "broker")
+        .map(|n| n.name.clone())
+        .collect();
+    let started_before: std::collections::BTreeMap<String, u64> = brokers
+        .iter()
+        .map(|b| (b.clone(), unit_times(&state, b, "kafka.service").1))
+        .collect();
+    let mut producer = checks::in_node(
+        &state,
+        "connect-1",
+        &[
+            "/opt/kafka/bin/kafka-run-class.sh", "org.apache.kafka.tools.VerifiableProducer",
+            "--bootstrap-server", "broker-1.kafka.internal:9092,broker-2.kafka.internal:9092,broker-3.kafka.internal:9092,broker-4.kafka.internal:9092",
+            "--producer.config", "/root/e2e-admin.properties", "--topic", "e2e-roll",
+            "--acks", "-1", "--throughput", "20", "--max-messages", "-1",
+        ],
+    )
+    .expect("connect-1 runs")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("starting the producer");
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let errors = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let reader = {
+        let out = producer.stdout.take().expect("producer stdout");
+        let (acked, errors) = (acked.clone(), errors.clone());
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                let Ok(event) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
+                match event["name"].as_str() {
+                    Some("producer_send_success") => acked
+                        .lock()
+                        .expect("lock")
+                        .push(event["value"].as_str().unwrap_or_default().to_owned()),
+                    Some("producer_send_error") => {
+                        errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    _ => {}
+                }
+            }
+        })
+    };
+    wait_until(
+        "the producer's first acknowledgements",
+        Duration::from_secs(120),
+        || (!acked.lock().expect("lock").is_empty()).then_some(()),
+    );
+    let rolled = tempfile::tempdir().expect("tempdir");
+    copy_example(rolled.path());
+    std::fs::copy(
+        valid.path().join("topics/e2e.yaml"),
+        rolled.path().join("topics/e2e.yaml"),
+    )
+    .expect("keeping the topic file");
+    let cluster_yaml = rolled.path().join("cluster.yaml");
+    let text = std::fs::read_to_string(&cluster_yaml).expect("cluster.yaml");
+    assert!(text.contains("group.initial.rebalance.delay.ms: 3000"));
+    std::fs::write(
+        &cluster_yaml,
+        text.replace(
+            "group.initial.rebalance.delay.ms: 3000",
+            "group.initial.rebalance.delay.ms: 2000",
+        ),
+    )
+    .expect("changing a static broker setting");
+    let (roll_head, roll_seconds) =
+        push_and_wait(&state, rolled.path(), "e2e: a static broker setting");
+    std::thread::sleep(Duration::from_secs(5));
+    // nsenter forks: the producer's JVM runs under the node's init, so it
+    // is stopped inside the node (SIGTERM: it flushes and reports).
+    let stop = exec(
+        &state,
+        "connect-1",
+        &["pkill", "-TERM", "-f", "VerifiableProducer"],
+        None,
+    );
+    assert!(
+        stop.status.success(),
+        "stopping the producer: {}",
+        stderr(&stop)
+    );
+    let _ = producer.wait();
+    let _ = reader.join();
+    for n in state.nodes.iter().filter(|n| n.role == "broker") {
+        let props = std::fs::read_to_string(
+            layout
+                .node_root(&n.name)
+                .join("etc/kafka/server.properties"),
+        )
+        .expect("server.properties");
+        assert!(
+            props.contains("group.initial.rebalance.delay.ms=2000"),
+            "{} has the new setting",
+            n.name
+        );
+    }
+    // Each broker restarted after the push, and no two were down at once
+    // (systemd's own timestamps: stop began → active again; one clock).
+    let mut downs: Vec<(String, u64, u64)> = brokers
+        .iter()
+        .map(|b| {
+            let (exit, enter) = unit_times(&state, b, "kafka.service");
+            let before = started_before[b];
+            assert!(
+                exit > before && enter > exit,
+                "{b} restarted during the roll (started {before}, stop began {exit}, active again {enter})"
+            );
+            (b.clone(), exit, enter)
+        })
+        .collect();
+    downs.sort_by_key(|d| d.1);
+    for pair in downs.windows(2) {
+        assert!(
+            pair[0].2 <= pair[1].1,
+            "{} was still down when {} went down: {downs:?}",
+            pair[0].0,
+            pair[1].0
+        );
+    }
+    peak_rss = peak_rss.max(cluster_rss_mib());
+    let acked = acked.lock().expect("lock").clone();
+    let consumed = exec(
+        &state,
+        "connect-1",
+        &[
+            "/opt/kafka/bin/kafka-console-consumer.sh",
+            "--bootstrap-server",
+            bootstrap,
+            "--consumer.config",
+            "/root/e2e-admin.properties",
+            "--topic",
+            "e2e-roll",
+            "--from-beginning",
+            "--timeout-ms",
+            "30000",
+        ],
+        None,
+    );
+    let read: std::collections::BTreeSet<String> =
+        stdout(&consumed).lines().map(str::to_owned).collect();
+    let lost: Vec<&String> = acked.iter().filter(|v| !read.contains(*v)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged records were not read back: {:?}",
+        lost.len(),
+        acked.len(),
+        lost.iter().take(10).collect::<Vec<_>>()
+    );
     report!(
-        "local up: {up_seconds:.0} s to healthy; memory taken by the cluster: {} MiB",
-        mem_before.saturating_sub(mem_after) / 1024
+        "rolling change {}: {} records acknowledged and read back, {} sends refused, brokers down (monotonic µs): {downs:?}",
+        &roll_head[..12],
+        acked.len(),
+        errors.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    report!(
+        "push to converged: no-restart change {quiet_seconds:.0} s, rolling change {roll_seconds:.0} s"
+    );
+
+    // Measures (printed, not asserted).
+    report!(
+        "local up: {up_seconds:.0} s to healthy; resident memory of every process in the nodes: {} MiB now, {} MiB at the highest sample",
+        cluster_rss_mib(),
+        peak_rss.max(cluster_rss_mib())
     );
     report!("{}", stdout(&up));
 

@@ -460,6 +460,13 @@ impl Reconciler {
                 std::thread::sleep(Duration::from_millis(500));
             }
         }
+        // Bake time (rollout.cooldown): the next node of the role restarts
+        // only this long after this one is healthy again, the lease held.
+        let cooldown = Duration::from_secs(model.cluster.rollout.cooldown.as_secs());
+        if lease.is_some() && !cooldown.is_zero() {
+            tracing::info!(seconds = cooldown.as_secs(), "cooling down before releasing the lease");
+            std::thread::sleep(cooldown);
+        }
         release(self);
         Ok((pending.len() + free.len()) as u64)
     }
