@@ -268,6 +268,13 @@ pub fn up(layout: &Layout, opts: &UpOptions) -> anyhow::Result<(ClusterState, Ve
             layout.dir.display()
         );
     }
+    if let Some(other) = other_clusters(layout).first() {
+        bail!(
+            "another local cluster is running ({}); `kraftops-agent local down --state-dir {}` first",
+            other.display(),
+            other.display()
+        );
+    }
     down(layout, false)?;
     fs::create_dir_all(&layout.dir)
         .with_context(|| format!("creating {}", layout.dir.display()))?;
@@ -831,6 +838,34 @@ fn read_raw(dir: &Path) -> anyhow::Result<FileSet> {
     Ok(out)
 }
 
+/// State directories of other local clusters whose nodes run now (one
+/// machine has one bridge and one set of namespace names: one cluster).
+fn other_clusters(layout: &Layout) -> Vec<PathBuf> {
+    let mut found = std::collections::BTreeSet::new();
+    for pid in host::processes_matching("/nodes/") {
+        let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        if !cmdline.starts_with(b"systemd-nspawn") {
+            continue;
+        }
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let dir = args
+            .windows(2)
+            .find(|w| w[0] == "--directory")
+            .and_then(|w| w[1].split_once("/nodes/").map(|(d, _)| PathBuf::from(d)));
+        if let Some(dir) = dir
+            && dir != layout.dir
+        {
+            found.insert(dir);
+        }
+    }
+    found.into_iter().collect()
+}
+
 /// Removes everything `up` made: containers (SIGTERM, then SIGKILL), git
 /// daemon, mounts, namespaces, veths, the bridge; with `purge`, also the
 /// state directory. Safe to run any number of times, also after a crash.
@@ -855,6 +890,16 @@ pub fn down(layout: &Layout, purge: bool) -> anyhow::Result<Vec<String>> {
     let unmounted = host::unmount_below(&layout.dir);
     if !unmounted.is_empty() {
         done.push(format!("unmounted {} node roots", unmounted.len()));
+    }
+    // Namespaces, veths and the bridge are shared names: leave them to a
+    // cluster of another state directory that still runs.
+    let others = other_clusters(layout);
+    if !others.is_empty() {
+        done.push(format!(
+            "left the network to the local cluster of {}",
+            others[0].display()
+        ));
+        return finish_down(layout, purge, done);
     }
     let namespaces = host::remove_namespaces(NETNS_PREFIX);
     if !namespaces.is_empty() {
@@ -884,6 +929,10 @@ pub fn down(layout: &Layout, purge: bool) -> anyhow::Result<Vec<String>> {
     {
         let _ = host::run_quietly(Command::new("umount").arg(nspawn_runtime));
     }
+    finish_down(layout, purge, done)
+}
+
+fn finish_down(layout: &Layout, purge: bool, mut done: Vec<String>) -> anyhow::Result<Vec<String>> {
     if purge && layout.dir.exists() {
         if !host::unmount_below(&layout.dir).is_empty()
             || host::mount_points()
