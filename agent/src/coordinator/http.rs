@@ -139,91 +139,86 @@ pub fn render_metrics(coordinator: &Coordinator) -> String {
     use std::fmt::Write as _;
     let nodes = coordinator.nodes();
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# HELP kraftops_coordinator_nodes Nodes in the cluster view."
-    );
-    let _ = writeln!(out, "# TYPE kraftops_coordinator_nodes gauge");
-    let _ = writeln!(out, "kraftops_coordinator_nodes {}", nodes.len());
-    let _ = writeln!(
-        out,
-        "# HELP kraftops_coordinator_node_phase 1 for the phase each node last reported."
-    );
-    let _ = writeln!(out, "# TYPE kraftops_coordinator_node_phase gauge");
-    for n in &nodes {
-        let phase = n.report.as_ref().map_or_else(
-            || "none".to_owned(),
-            |r| {
-                serde_json::to_value(r.phase)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default()
-            },
-        );
-        let _ = writeln!(
-            out,
-            "kraftops_coordinator_node_phase{{node=\"{}\",role=\"{}\",phase=\"{phase}\"}} 1",
-            n.node, n.role
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP kraftops_coordinator_report_age_seconds Seconds since each node's last report."
-    );
-    let _ = writeln!(out, "# TYPE kraftops_coordinator_report_age_seconds gauge");
-    for n in &nodes {
-        if let Some(age) = n.age_seconds {
-            let _ = writeln!(
-                out,
-                "kraftops_coordinator_report_age_seconds{{node=\"{}\"}} {age}",
-                n.node
-            );
+    let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, u64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
         }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP kraftops_coordinator_lease_held 1 per live restart lease, by role and holder."
+    };
+    family(
+        "kraftops_coordinator_nodes",
+        "gauge",
+        "Nodes in the cluster view.",
+        vec![(String::new(), nodes.len() as u64)],
     );
-    let _ = writeln!(out, "# TYPE kraftops_coordinator_lease_held gauge");
-    for l in coordinator.leases() {
-        let _ = writeln!(
-            out,
-            "kraftops_coordinator_lease_held{{role=\"{}\",holder=\"{}\"}} 1",
-            l.role, l.holder
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP kraftops_coordinator_nudge_generation Nudges sent to agents since start."
+    family(
+        "kraftops_coordinator_node_phase",
+        "gauge",
+        "1 for the phase each node last reported.",
+        nodes
+            .iter()
+            .map(|n| {
+                let phase = n.report.as_ref().map_or_else(
+                    || "none".to_owned(),
+                    |r| {
+                        serde_json::to_value(r.phase)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_owned))
+                            .unwrap_or_default()
+                    },
+                );
+                (
+                    format!(
+                        "{{node=\"{}\",role=\"{}\",phase=\"{phase}\"}}",
+                        n.node, n.role
+                    ),
+                    1,
+                )
+            })
+            .collect(),
     );
-    let _ = writeln!(out, "# TYPE kraftops_coordinator_nudge_generation counter");
-    let _ = writeln!(
-        out,
-        "kraftops_coordinator_nudge_generation {}",
-        coordinator.generation()
+    family(
+        "kraftops_coordinator_report_age_seconds",
+        "gauge",
+        "Seconds since each node's last report.",
+        nodes
+            .iter()
+            .filter_map(|n| Some((format!("{{node=\"{}\"}}", n.node), n.age_seconds?)))
+            .collect(),
     );
-    let _ = writeln!(
-        out,
-        "# HELP kraftops_coordinator_alerts_received Alerts kept from Alertmanager."
+    family(
+        "kraftops_coordinator_lease_held",
+        "gauge",
+        "1 per live restart lease, by role and holder.",
+        coordinator
+            .leases()
+            .iter()
+            .map(|l| {
+                (
+                    format!("{{role=\"{}\",holder=\"{}\"}}", l.role, l.holder),
+                    1,
+                )
+            })
+            .collect(),
     );
-    let _ = writeln!(out, "# TYPE kraftops_coordinator_alerts_received gauge");
-    let _ = writeln!(
-        out,
-        "kraftops_coordinator_alerts_received {}",
-        coordinator.alerts().len()
+    family(
+        "kraftops_coordinator_nudge_generation",
+        "counter",
+        "Nudges sent to agents since start.",
+        vec![(String::new(), coordinator.generation())],
     );
-    let _ = writeln!(
-        out,
-        "# HELP kraftops_coordinator_started_time_seconds When this coordinator started."
+    family(
+        "kraftops_coordinator_alerts_received",
+        "gauge",
+        "Alerts kept from Alertmanager.",
+        vec![(String::new(), coordinator.alerts().len() as u64)],
     );
-    let _ = writeln!(
-        out,
-        "# TYPE kraftops_coordinator_started_time_seconds gauge"
-    );
-    let _ = writeln!(
-        out,
-        "kraftops_coordinator_started_time_seconds {}",
-        coordinator.started_at()
+    family(
+        "kraftops_coordinator_started_time_seconds",
+        "gauge",
+        "When this coordinator started.",
+        vec![(String::new(), coordinator.started_at())],
     );
     out
 }

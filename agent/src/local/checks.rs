@@ -46,44 +46,18 @@ fn booted(state: &ClusterState, node: &str) -> bool {
 /// The controllers' quorum as Kafka's own tool describes it, run on the
 /// first controller: `kafka-metadata-quorum.sh describe --status`.
 pub fn quorum_status(state: &ClusterState, model: &Model) -> anyhow::Result<String> {
-    let controller = model
-        .nodes
-        .iter()
-        .find(|n| n.role.value == Role::Controller)
-        .context("the cluster has no controller")?;
-    let bootstrap = format!(
-        "{}:{}",
-        model.fqdn(controller),
-        model.cluster.ports.controller
-    );
-    let install = model.cluster.kafka.install_dir.to_string();
-    let tool = format!("{install}/bin/kafka-metadata-quorum.sh");
-    let out = run_in_node(
-        state,
-        controller.name.as_str(),
-        &[
-            &tool,
-            "--bootstrap-controller",
-            &bootstrap,
-            "--command-config",
-            roles::layout::CONTROLLER_CLIENT_PROPERTIES,
-            "describe",
-            "--status",
-        ],
-    )?;
-    if !out.status.success() {
-        bail!(
-            "kafka-metadata-quorum on {}: {}",
-            controller.name.value,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    describe_quorum(state, model, "--status")
 }
 
 /// The replication view (`describe --replication`): voters and observers
 /// (the brokers), one line each.
 pub fn quorum_replication(state: &ClusterState, model: &Model) -> anyhow::Result<String> {
+    describe_quorum(state, model, "--replication")
+}
+
+/// `kafka-metadata-quorum.sh describe <what>` on the first controller,
+/// over its mTLS listener with the node's own client config.
+fn describe_quorum(state: &ClusterState, model: &Model, what: &str) -> anyhow::Result<String> {
     let controller = model
         .nodes
         .iter()
@@ -108,12 +82,13 @@ pub fn quorum_replication(state: &ClusterState, model: &Model) -> anyhow::Result
             "--command-config",
             roles::layout::CONTROLLER_CLIENT_PROPERTIES,
             "describe",
-            "--replication",
+            what,
         ],
     )?;
     if !out.status.success() {
         bail!(
-            "kafka-metadata-quorum --replication: {}",
+            "kafka-metadata-quorum describe {what} on {}: {}",
+            controller.name.value,
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
