@@ -464,7 +464,10 @@ impl Reconciler {
         // only this long after this one is healthy again, the lease held.
         let cooldown = Duration::from_secs(model.cluster.rollout.cooldown.as_secs());
         if lease.is_some() && !cooldown.is_zero() {
-            tracing::info!(seconds = cooldown.as_secs(), "cooling down before releasing the lease");
+            tracing::info!(
+                seconds = cooldown.as_secs(),
+                "cooling down before releasing the lease"
+            );
             std::thread::sleep(cooldown);
         }
         release(self);
