@@ -146,7 +146,7 @@ fn http_ok(url: &str) -> bool {
 /// How long `local up` waits for Connect after everything else is healthy.
 const CONNECT_GRACE_SECONDS: f64 = 60.0;
 
-/// Waits until every phase is done (Connect: see [`CONNECT_GRACE_SECONDS`]); prints each as it completes and
+/// Waits until every phase is done (Connect: see `CONNECT_GRACE_SECONDS`); prints each as it completes and
 /// returns (phase, seconds since `start`). On timeout the error names the
 /// phase still open and what each node reports.
 pub fn wait_healthy(

@@ -5,7 +5,7 @@
 //! secrets, moves every address of `network.from` onto `network.to` (the
 //! local bridge's range), shrinks the heaps, and turns Grafana off (it is not
 //! in Debian). The harness adds the Kafka distribution and the JMX exporter
-//! it assembled (file URLs and their sha512). [`apply`] returns the files of
+//! it assembled (file URLs and their sha512). [`LocalOverride::apply`] returns the files of
 //! the repository the local git server serves; the caller validates them
 //! with the same loader the agents use.
 
