@@ -3,7 +3,7 @@
 //! with temporary roots (files only; real systemd is proven by the local
 //! cluster). Covers: a push converges every agent, a bad commit is refused
 //! and the last good revision stays, drift is put back, certificates are
-//! issued by the cluster CA.
+//! issued by the cluster CA and renewed at two thirds of their lifetime.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -188,8 +188,23 @@ fn repository(tmp: &Path) -> (PathBuf, PathBuf) {
 }
 
 fn start() -> Cluster {
+    start_with(&NODES, |_| {})
+}
+
+/// The coordinator and an agent for each of `nodes`, after `tweak` has
+/// edited the repository's work tree (committed and pushed when it changed
+/// anything).
+fn start_with(nodes: &[&str], tweak: impl FnOnce(&Path)) -> Cluster {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (remote, work) = repository(tmp.path());
+    tweak(&work);
+    if !git(&work, &["status", "--porcelain"]).is_empty() {
+        git(&work, &["commit", "-q", "-am", "tweaked for the test"]);
+        git(
+            &work,
+            &["push", "-q", remote.to_str().expect("utf8"), "HEAD:main"],
+        );
+    }
     let mut processes = Processes(Vec::new());
     let coord_port = free_port();
     let coordinator = format!("http://127.0.0.1:{coord_port}");
@@ -223,7 +238,7 @@ fn start() -> Cluster {
     processes.0.push(("coordinator".to_owned(), child));
 
     let mut roots = Vec::new();
-    for node in NODES {
+    for &node in nodes {
         let root = tmp.path().join(node);
         provision(&root, node);
         let port = free_port();
@@ -264,7 +279,8 @@ impl Cluster {
     fn logs(&self) -> String {
         let dir = self._tmp.path();
         let mut out = String::new();
-        for name in ["coordinator", "broker-1", "controller-1"] {
+        let names = std::iter::once("coordinator").chain(self.roots.iter().map(|r| r.0.as_str()));
+        for name in names {
             let text = std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(15).collect();
             out.push_str(&format!(
@@ -481,6 +497,146 @@ fn push_converges_bad_commit_is_refused_and_drift_is_reverted() {
         std::thread::sleep(Duration::from_millis(500));
     }
     drop(cluster.processes);
+}
+
+/// The certificate a keystore file holds, as the renewal test follows it.
+#[derive(Clone, Debug)]
+struct Held {
+    serial: String,
+    /// The certificate's SubjectPublicKeyInfo: the keystore's key belongs
+    /// to it (`read_keystore` checks), so a new one means a new key.
+    public_key: Vec<u8>,
+    key_pem: String,
+    chain: String,
+    not_before: u64,
+    not_after: u64,
+}
+
+/// What `keystore` holds now; `None` before the agent first writes it. A
+/// keystore that does not parse, or whose key is not its certificate's,
+/// fails the test: the agent replaces it atomically.
+fn held(keystore: &Path) -> Option<Held> {
+    let pem = std::fs::read_to_string(keystore).ok()?;
+    let (key, chain) = kraftops_agent::certs::read_keystore(&pem)
+        .unwrap_or_else(|e| panic!("{}: {e}", keystore.display()));
+    let (_, block) = x509_parser::pem::parse_x509_pem(chain.as_bytes()).expect("PEM");
+    let cert = block.parse_x509().expect("X.509");
+    let seconds =
+        |t: x509_parser::time::ASN1Time| u64::try_from(t.timestamp()).expect("after 1970");
+    Some(Held {
+        serial: cert.raw_serial_as_string(),
+        public_key: cert.public_key().raw.to_vec(),
+        key_pem: key.to_pem(),
+        not_before: seconds(cert.validity().not_before),
+        not_after: seconds(cert.validity().not_after),
+        chain,
+    })
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs_f64()
+}
+
+#[test]
+fn a_certificate_is_renewed_at_two_thirds_of_its_lifetime_without_operator_action() {
+    // 30 s certificates. The CA backdates them by a tenth of that (3 s), so
+    // renewal is due 22 s into their 33 s, 19 s after signing; renew_before
+    // (5 s) would come later. Nothing is pushed after the start.
+    let cluster = start_with(&["broker-1"], |work| {
+        let path = work.join("cluster.yaml");
+        let text = std::fs::read_to_string(&path).expect("read");
+        std::fs::write(
+            &path,
+            text.replace("cert_validity: 90d", "cert_validity: 30s")
+                .replace("renew_before: 30d", "renew_before: 5s"),
+        )
+        .expect("write");
+    });
+    let (node, root, port) = cluster.roots[0].clone();
+    let keystore = root.join("etc/kafka/tls/node.pem");
+    let ca = std::fs::read_to_string(example().join("pki/ca.pem")).expect("ca");
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let first = loop {
+        if let Some(h) = held(&keystore) {
+            break h;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{node}: no certificate issued\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        first.not_after - first.not_before,
+        33,
+        "30 s and a 3 s backdate: {first:?}"
+    );
+    let due = first.not_before + (first.not_after - first.not_before) * 2 / 3;
+
+    // Follow the keystore until it changes; whatever it holds must never
+    // be expired (the agent renews well before: 11 s of the 33 are left).
+    let (renewed_at, renewed) = loop {
+        let h = held(&keystore).expect("the keystore stays in place");
+        let now = unix_now();
+        assert!(
+            now < h.not_after as f64,
+            "{node}: the certificate on disk expired at {} (now {now:.1}): {h:?}\n{}",
+            h.not_after,
+            cluster.logs()
+        );
+        if h.serial != first.serial {
+            break (now, h);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // Not early: the agent renews once its (whole-second) clock reaches
+    // `due`. Not late: its poll (2 s + up to 1 s jitter) and one reconcile,
+    // with room for a loaded machine.
+    let lag = renewed_at - due as f64;
+    assert!(
+        (0.0..=8.0).contains(&lag),
+        "{node}: renewed {lag:.1} s after two thirds of the lifetime ({due})\n{}",
+        cluster.logs()
+    );
+    assert_ne!(renewed.key_pem, first.key_pem, "{node}: the key was reused");
+    assert_ne!(
+        renewed.public_key, first.public_key,
+        "{node}: same public key"
+    );
+    assert!(
+        renewed.not_after > first.not_after,
+        "{renewed:?} vs {first:?}"
+    );
+    assert_eq!(renewed.not_after - renewed.not_before, 33, "{renewed:?}");
+    assert!(
+        kraftops_agent::certs::issued_by(&renewed.chain, &ca).expect("checks"),
+        "{node}: the renewed certificate is not the cluster CA's"
+    );
+
+    // The agent reports the new expiry, converged and without an error.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = cluster.status(port);
+        if let Some(s) = &status
+            && s.phase == Phase::Converged
+            && s.certificates.len() == 1
+            && s.certificates[0].not_after == renewed.not_after
+        {
+            assert!(s.last_error.is_none(), "{s:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{node}: the status does not show the new expiry {}: {status:?}",
+            renewed.not_after
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Delegates to a `RecordingServiceManager`, but a restart takes a while

@@ -204,9 +204,9 @@ impl Ca {
     /// Signs `csr_pem` for `node` after checking it asks for nothing but
     /// `node`'s names (see the module docs). The certificate has CN = node
     /// name, SANs = the node's DNS names and IPs, server and client auth,
-    /// `CA:FALSE`, and is valid from a little before `now` (clock skew
-    /// allowance) to `now + validity_seconds`, but never past the CA's own
-    /// expiry.
+    /// `CA:FALSE`, and is valid from a little before `now` (see
+    /// [`backdate_seconds`]) to `now + validity_seconds`, but never past the
+    /// CA's own expiry.
     pub fn sign(
         &self,
         csr_pem: &str,
@@ -279,7 +279,7 @@ impl Ca {
             .min(self.not_after);
         set_validity(
             &mut params,
-            now.saturating_sub(CLOCK_SKEW_ALLOWANCE_SECONDS),
+            now.saturating_sub(backdate_seconds(validity_seconds)),
             not_after,
         )?;
         let cert = params
@@ -293,6 +293,18 @@ impl Ca {
             not_after,
         })
     }
+}
+
+/// How long before the signing time a node certificate valid
+/// `validity_seconds` starts: the clock-skew allowance
+/// ([`CLOCK_SKEW_ALLOWANCE_SECONDS`]), but at most a tenth of the lifetime.
+/// Renewal is due two thirds into `not_before..not_after`, so a fixed
+/// 300 s backdate would make a certificate of a few minutes (as tests use)
+/// due for renewal the moment it is issued; with at most a tenth, renewal
+/// comes between 0.63 and two thirds of the requested lifetime after
+/// signing, whatever its length.
+pub fn backdate_seconds(validity_seconds: u64) -> u64 {
+    CLOCK_SKEW_ALLOWANCE_SECONDS.min(validity_seconds / 10)
 }
 
 /// The node's SANs as rcgen wants them; refuses an identity that could not
@@ -394,4 +406,61 @@ fn check_requested_names(der: &[u8], node: &NodeIdentity) -> Result<(), CertErro
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::certs::{NodeKey, csr_pem, inspect, renewal_due_at};
+
+    /// 2026-11-25T00:00:00Z.
+    const NOW: u64 = 1_795_564_800;
+
+    fn broker1() -> roles::CertificateRequest {
+        roles::CertificateRequest {
+            name: "kafka".to_owned(),
+            common_name: "broker-1".to_owned(),
+            dns_names: vec!["broker-1.kafka.internal".to_owned()],
+            ip_addresses: vec![std::net::Ipv4Addr::new(10, 0, 1, 11)],
+            keystore_path: "/etc/kafka/tls/keystore.pem".to_owned(),
+            owner: "kafka".to_owned(),
+            group: "kafka".to_owned(),
+            validity_seconds: 30,
+            renew_before_seconds: 5,
+            on_change: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn backdate_is_the_skew_allowance_but_at_most_a_tenth_of_the_lifetime() {
+        assert_eq!(backdate_seconds(90 * DAY), CLOCK_SKEW_ALLOWANCE_SECONDS);
+        assert_eq!(backdate_seconds(3000), 300);
+        assert_eq!(backdate_seconds(2999), 299);
+        assert_eq!(backdate_seconds(30), 3);
+        assert_eq!(backdate_seconds(9), 0);
+        assert_eq!(backdate_seconds(u64::MAX), CLOCK_SKEW_ALLOWANCE_SECONDS);
+    }
+
+    #[test]
+    fn a_short_lived_certificate_is_backdated_a_tenth_and_renewed_near_two_thirds() {
+        let (cert, key) = Ca::generate("test-cluster", 365, NOW).expect("CA");
+        let ca = Ca::from_pem(&cert, &key).expect("CA loads");
+        let req = broker1();
+        let node_key = NodeKey::generate().expect("key");
+        let csr = csr_pem(&req, &node_key).expect("CSR");
+        let signed = ca
+            .sign(&csr, &NodeIdentity::from_request(&req), 30, NOW)
+            .expect("signs");
+        let info = inspect(&signed.pem).expect("parses");
+        assert_eq!((info.not_before, info.not_after), (NOW - 3, NOW + 30));
+        // Two thirds of 33 s from NOW - 3: 19 s after signing, not at once.
+        assert_eq!(renewal_due_at(&info, req.renew_before_seconds), NOW + 19);
+
+        // A long-lived one keeps the full allowance.
+        let signed = ca
+            .sign(&csr, &NodeIdentity::from_request(&req), 90 * DAY, NOW)
+            .expect("signs");
+        let info = inspect(&signed.pem).expect("parses");
+        assert_eq!(info.not_before, NOW - CLOCK_SKEW_ALLOWANCE_SECONDS);
+    }
 }

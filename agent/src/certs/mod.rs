@@ -167,8 +167,10 @@ fn random_serial() -> rcgen::SerialNumber {
     rcgen::SerialNumber::from_slice(&bytes)
 }
 
-/// How long before `now` a new certificate's validity starts, so that a
-/// node whose clock is a little behind the coordinator's accepts it.
+/// How long before `now` a new certificate's validity starts at most, so
+/// that a node whose clock is a little behind the coordinator's accepts it
+/// (node certificates: at most a tenth of their lifetime, see
+/// [`ca::backdate_seconds`]; the CA's own certificate: all of it).
 pub const CLOCK_SKEW_ALLOWANCE_SECONDS: u64 = 300;
 
 /// `der` as a PEM block with 64-character lines.
