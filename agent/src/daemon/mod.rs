@@ -134,6 +134,9 @@ async fn nudges(
 ) {
     let http = reqwest::Client::new();
     let mut seen: Option<u64> = None;
+    // A poll failed (coordinator down or restarting): nudges sent meanwhile
+    // were missed, so the first answer after it triggers a fetch.
+    let mut missed = false;
     loop {
         let poll = client.wait_for_nudge(&http, seen.unwrap_or(0));
         let result = tokio::select! {
@@ -142,13 +145,15 @@ async fn nudges(
         };
         match result {
             Ok(generation) => {
-                if seen.is_some_and(|s| s != generation) {
+                if missed || seen.is_some_and(|s| s != generation) {
                     let _ = triggers.try_send(Trigger::Nudge);
                 }
+                missed = false;
                 seen = Some(generation);
             }
             Err(e) => {
                 tracing::debug!(error = %e, "nudge poll failed; retrying");
+                missed = true;
                 tokio::select! {
                     () = stop.cancelled() => return,
                     () = tokio::time::sleep(Duration::from_secs(5)) => {}
