@@ -21,7 +21,7 @@
 
 mod accounts;
 mod artifacts;
-mod atomic;
+pub(crate) mod atomic;
 mod changes;
 mod command;
 mod error;

@@ -966,19 +966,18 @@ pub fn node_views(state: &ClusterState) -> anyhow::Result<Vec<NodeView>> {
         .with_context(|| format!("asking the coordinator ({url})"))
 }
 
-/// Writes `contents` to `path` through a temporary file and a rename.
+/// Writes `contents` to `path` with the applier's atomic write (temporary
+/// file, fsync, rename, fsync the directory), owned by this process.
 fn write_file(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let temp = dir.join(format!(
-        ".{}.kraftops-tmp",
-        path.file_name()
-            .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
-    ));
-    fs::write(&temp, contents).with_context(|| format!("writing {}", temp.display()))?;
-    fs::set_permissions(&temp, fs::Permissions::from_mode(mode))
-        .with_context(|| format!("setting the mode of {}", temp.display()))?;
-    fs::rename(&temp, path).with_context(|| format!("renaming {} into place", path.display()))
+    let own = crate::apply::atomic::Ownership {
+        uid: nix::unistd::geteuid().as_raw(),
+        gid: nix::unistd::getegid().as_raw(),
+        mode,
+    };
+    crate::apply::atomic::write_atomic(path, contents, own)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn now() -> u64 {
@@ -1071,4 +1070,25 @@ pub fn status(layout: &Layout) -> anyhow::Result<String> {
         let _ = writeln!(out, "agent         {}/v1/status  ({})", n.api_url, n.name);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_file_creates_the_directory_and_replaces_with_the_mode() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("git/hooks/post-receive");
+        write_file(&path, b"#!/bin/sh\n", 0o755).expect("first write");
+        write_file(&path, b"#!/bin/sh\necho hi\n", 0o700).expect("replacing");
+        assert_eq!(fs::read(&path).expect("read"), b"#!/bin/sh\necho hi\n");
+        let mode = fs::metadata(&path).expect("metadata").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        let names: Vec<_> = fs::read_dir(path.parent().expect("parent"))
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "no temporary file left: {names:?}");
+    }
 }
