@@ -120,6 +120,10 @@ pub struct ClusterFile {
     pub rollout: RolloutPolicy,
     #[serde(default)]
     pub agent: AgentSpec,
+    /// Where `kraftops-bootstrap` provisions the cluster on AWS. Not needed
+    /// to run a cluster (local mode and machines made by other means ignore it).
+    #[serde(default)]
+    pub aws: Option<Located<AwsSpec>>,
 }
 
 /// Which Kafka to run and where it comes from.
@@ -511,6 +515,17 @@ pub struct AgentSpec {
     pub poll_interval: Duration,
     /// Random delay added to each poll, so nodes do not poll in lockstep.
     pub poll_jitter: Duration,
+    /// The agent binary a new machine installs at first boot (cloud-init
+    /// user-data). Required by `kraftops-bootstrap`.
+    pub binary: Option<Located<AgentBinary>>,
+    /// The repository a new machine's agent follows: this repository, as the
+    /// nodes reach it. Required by `kraftops-bootstrap`.
+    pub repository: Option<Located<AgentRepository>>,
+    /// SSH public keys (`ssh-ed25519 AAAA… comment`) a new machine's agent
+    /// trusts to sign commits. Written into the machine's own configuration
+    /// once, at first boot: a later commit cannot change whom a running
+    /// agent trusts. Empty: commit signatures are not checked.
+    pub trusted_signers: Vec<Located<SingleLine>>,
 }
 
 impl Default for AgentSpec {
@@ -518,8 +533,112 @@ impl Default for AgentSpec {
         Self {
             poll_interval: default_poll_interval(),
             poll_jitter: default_poll_jitter(),
+            binary: None,
+            repository: None,
+            trusted_signers: Vec::new(),
         }
     }
+}
+
+/// Where a new machine downloads `kraftops-agent` from.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentBinary {
+    /// `https://` or `file://` URL of the static `kraftops-agent` binary.
+    pub url: DownloadUrl,
+    /// Its SHA-256; the download is refused unless it matches.
+    pub sha256: Sha256Hex,
+}
+
+/// The repository new machines follow.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentRepository {
+    /// `https://`, `ssh://`, `git://` or `file://` URL.
+    pub url: SingleLine,
+    #[serde(default = "default_branch")]
+    pub branch: SingleLine,
+}
+
+fn default_branch() -> SingleLine {
+    SingleLine::try_from("main").unwrap_or_else(|_| unreachable!("main is one line"))
+}
+
+/// The AWS side of the cluster, read by `kraftops-bootstrap` only.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AwsSpec {
+    /// The region; every `network.azs` name must be one of its zones.
+    #[serde(default = "default_region")]
+    pub region: Located<Name>,
+    /// The VPC's network; every AZ's subnet must lie inside it.
+    pub vpc_cidr: Located<Cidr>,
+    /// The machine image: an `id`, or a `name` pattern and `owner` resolved
+    /// (newest match) when `plan` runs. A Debian or Ubuntu image with
+    /// cloud-init.
+    pub ami: Located<AmiSpec>,
+    /// The EC2 key pair for SSH, if any.
+    #[serde(default)]
+    pub key_pair: Option<Located<SingleLine>>,
+    /// Networks that may reach SSH and the operators' endpoints (Prometheus,
+    /// Alertmanager, Grafana, the coordinator, the agents' APIs). Everything
+    /// else is open only inside the VPC, port by port.
+    #[serde(default)]
+    pub admin_cidrs: Vec<Located<Cidr>>,
+    /// Networks outside the VPC whose clients may reach the brokers' client
+    /// listener.
+    #[serde(default)]
+    pub client_cidrs: Vec<Located<Cidr>>,
+    /// The SSH port the admin networks reach; no role may listen on it.
+    #[serde(default = "default_ssh_port")]
+    pub ssh_port: Located<u16>,
+    /// `public`: subnets route to an internet gateway and machines get
+    /// public addresses. `private`: no internet gateway; the image, the
+    /// agent binary and Kafka must be reachable from inside the VPC.
+    #[serde(default)]
+    pub subnets: SubnetKind,
+    /// Root volume size (encrypted gp3), GiB.
+    #[serde(default = "default_root_volume")]
+    pub root_volume_gib: Located<u32>,
+    /// Extra tags on every resource.
+    #[serde(default)]
+    pub tags: BTreeMap<SingleLine, SingleLine>,
+}
+
+/// Which image the machines boot.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AmiSpec {
+    #[serde(default)]
+    pub id: Option<AmiId>,
+    /// Image name pattern (`*` wildcards), e.g. `debian-12-amd64-*`.
+    #[serde(default)]
+    pub name: Option<SingleLine>,
+    /// The image owner's account id or alias, e.g. `136693071363` (Debian).
+    #[serde(default)]
+    pub owner: Option<SingleLine>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SubnetKind {
+    #[default]
+    Public,
+    Private,
+}
+
+fn default_region() -> Located<Name> {
+    Name::try_from("eu-central-1")
+        .unwrap_or_else(|_| unreachable!("eu-central-1 is a name"))
+        .into()
+}
+
+fn default_ssh_port() -> Located<u16> {
+    22.into()
+}
+
+fn default_root_volume() -> Located<u32> {
+    30.into()
 }
 
 // ------------------------------------------------------------------ nodes.yaml

@@ -334,6 +334,33 @@ string_newtype!(
 );
 
 string_newtype!(
+    /// A hex-encoded SHA-256 digest (64 hex digits).
+    Sha256Hex,
+    pattern = Some("^[0-9a-f]{64}$"),
+    description = "a SHA-256 digest: 64 lowercase hex digits",
+    check = |s| {
+        if s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            Ok(())
+        } else {
+            Err(format!("sha256 must be 64 lowercase hex digits, got {} characters", s.len()))
+        }
+    }
+);
+
+string_newtype!(
+    /// An EC2 image id, e.g. `ami-0123456789abcdef0`.
+    AmiId,
+    pattern = Some("^ami-[0-9a-f]{8,17}$"),
+    description = "an EC2 image id such as ami-0123456789abcdef0",
+    check = |s| {
+        let ok = s.strip_prefix("ami-").is_some_and(|hex| {
+            (8..=17).contains(&hex.len()) && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        });
+        if ok { Ok(()) } else { Err(format!("{s:?} is not an EC2 image id such as ami-0123456789abcdef0")) }
+    }
+);
+
+string_newtype!(
     /// A Kafka UUID as Kafka prints it: 16 bytes in URL-safe base64 without
     /// padding (22 characters), e.g. a KRaft cluster id or a directory id.
     KafkaUuid,

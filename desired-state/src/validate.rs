@@ -150,6 +150,7 @@ pub(crate) fn validate(model: &Model, notes: &LoadNotes) -> Vec<Diagnostic> {
     check_connectors(&mut c);
     check_observability(&mut c);
     check_security(&mut c);
+    check_aws(&mut c);
     c.out
 }
 
@@ -1060,6 +1061,93 @@ fn check_security(c: &mut Checker<'_>) {
                 "renew_before {} must be shorter than cert_validity {}",
                 *ca.renew_before, *ca.cert_validity
             ),
+        );
+    }
+}
+
+/// The `aws` section, checked before `kraftops-bootstrap` makes any AWS
+/// call: zones of the region, subnets inside the VPC, an image, no role
+/// listening on the admin-only SSH port, and what a new machine's user-data
+/// needs.
+fn check_aws(c: &mut Checker<'_>) {
+    let model = c.model;
+    let Some(aws) = &model.cluster.aws else {
+        return;
+    };
+    let region = aws.region.as_str();
+    for az in &model.cluster.network.azs {
+        let zone_of_region =
+            az.name.as_str().strip_prefix(region).is_some_and(|rest| {
+                rest.len() == 1 && rest.bytes().all(|b| b.is_ascii_lowercase())
+            });
+        if !zone_of_region {
+            c.err(
+                CLUSTER,
+                az.name.pos,
+                format!(
+                    "availability zone {} is not a zone of region {region} (aws.region); zones are named {region}a, {region}b, …",
+                    *az.name
+                ),
+            );
+        }
+        let vpc = *aws.vpc_cidr;
+        if !(vpc.contains(az.subnet.network()) && az.subnet.prefix() >= vpc.prefix()) {
+            c.err(
+                CLUSTER,
+                az.subnet.pos,
+                format!(
+                    "subnet {} of {} is outside the VPC {vpc} (aws.vpc_cidr)",
+                    *az.subnet, *az.name
+                ),
+            );
+        }
+    }
+    let ami = &aws.ami;
+    match (&ami.id, &ami.name, &ami.owner) {
+        (Some(_), None, None) | (None, Some(_), Some(_)) => {}
+        _ => c.err(
+            CLUSTER,
+            ami.pos,
+            "aws.ami needs either id (ami-…) or both name (a pattern) and owner, not both",
+        ),
+    }
+    for cidr in &aws.admin_cidrs {
+        if cidr.prefix() == 0 {
+            c.err(
+                CLUSTER,
+                cidr.pos,
+                format!(
+                    "admin_cidrs {} opens SSH and the operators' endpoints to the whole internet; name the admin network",
+                    **cidr
+                ),
+            );
+        }
+    }
+    let ssh = *aws.ssh_port;
+    let present: BTreeSet<Role> = model.nodes.iter().map(|n| *n.role).collect();
+    for (key, port, what, roles) in port_table(&model.cluster.ports) {
+        if port == ssh && roles.iter().any(|r| present.contains(r)) {
+            c.err(
+                CLUSTER,
+                aws.ssh_port.pos,
+                format!(
+                    "aws.ssh_port {ssh} is also ports.{key}, the {what}: the admin-only SSH rule would block it for the cluster's own nodes"
+                ),
+            );
+        }
+    }
+    if model.cluster.agent.binary.is_none() {
+        c.err(
+            CLUSTER,
+            aws.pos,
+            "aws needs agent.binary (url and sha256 of kraftops-agent) for the machines' user-data",
+        );
+    }
+    if model.cluster.agent.repository.is_none() {
+        c.err(
+            CLUSTER,
+            aws.pos,
+            "aws needs agent.repository (the url of this repository as the nodes reach it) for the machines' user-data",
         );
     }
 }

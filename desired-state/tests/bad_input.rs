@@ -1058,3 +1058,99 @@ fn a_broken_cluster_file_does_not_hide_node_list_problems() {
         ],
     );
 }
+
+// ------------------------------------------------------------------ aws
+
+#[test]
+fn zone_of_another_region() {
+    let repo = seed().replace(
+        "cluster.yaml",
+        "    - name: eu-central-1c\n",
+        "    - name: eu-west-1c\n",
+    );
+    let problems = repo.problems();
+    assert!(
+        problems.contains(
+            &"cluster.yaml:27:13: availability zone eu-west-1c is not a zone of region eu-central-1 (aws.region); zones are named eu-central-1a, eu-central-1b, …"
+                .to_owned()
+        ),
+        "{}",
+        repo.explain(&problems)
+    );
+}
+
+#[test]
+fn subnet_outside_the_vpc() {
+    let repo = seed().replace(
+        "cluster.yaml",
+        "  vpc_cidr: 10.0.0.0/16\n",
+        "  vpc_cidr: 10.0.0.0/23\n",
+    );
+    assert_problems(
+        &repo,
+        &[
+            "cluster.yaml:26:15: subnet 10.0.2.0/24 of eu-central-1b is outside the VPC 10.0.0.0/23 (aws.vpc_cidr)",
+            "cluster.yaml:28:15: subnet 10.0.3.0/24 of eu-central-1c is outside the VPC 10.0.0.0/23 (aws.vpc_cidr)",
+        ],
+    );
+}
+
+#[test]
+fn ssh_port_that_a_role_listens_on() {
+    let repo = seed().replace(
+        "cluster.yaml",
+        "  root_volume_gib: 30\n",
+        "  root_volume_gib: 30\n  ssh_port: 9092\n",
+    );
+    assert_problems(
+        &repo,
+        &[
+            "cluster.yaml:123:13: aws.ssh_port 9092 is also ports.client, the client listener: the admin-only SSH rule would block it for the cluster's own nodes",
+        ],
+    );
+}
+
+#[test]
+fn ami_with_both_an_id_and_a_name() {
+    let repo = seed().replace(
+        "cluster.yaml",
+        "    name: debian-12-amd64-*\n",
+        "    id: ami-0123456789abcdef0\n    name: debian-12-amd64-*\n",
+    );
+    assert_problems(
+        &repo,
+        &[
+            "cluster.yaml:115:5: aws.ami needs either id (ami-…) or both name (a pattern) and owner, not both",
+        ],
+    );
+}
+
+#[test]
+fn ssh_from_anywhere() {
+    let repo = seed().replace(
+        "cluster.yaml",
+        "  admin_cidrs: [203.0.113.0/24]\n",
+        "  admin_cidrs: [0.0.0.0/0]\n",
+    );
+    assert_problems(
+        &repo,
+        &[
+            "cluster.yaml:120:17: admin_cidrs 0.0.0.0/0 opens SSH and the operators' endpoints to the whole internet; name the admin network",
+        ],
+    );
+}
+
+#[test]
+fn aws_without_the_agent_binary() {
+    let repo = seed().replace(
+        "cluster.yaml",
+        "  binary:\n    url: https://releases.kafka.internal/kraftops/0.1.0/kraftops-agent-x86_64-linux\n    sha256: 5d1a8c8e8f1bd4e2a7cbb0e2e5c8b3f2a0b9c4d6e7f8091a2b3c4d5e6f708192\n",
+        "",
+    );
+    assert_problems(
+        &repo,
+        &[
+            "cluster.yaml:108:3: aws needs agent.binary (url and sha256 of kraftops-agent) for the machines' user-data",
+        ],
+    );
+}
