@@ -258,8 +258,13 @@ pub struct Ports {
     pub node_exporter: u16,
     /// The agent's HTTP API and metrics, on every node.
     pub agent: u16,
-    /// The coordinator's HTTP API, on the observability node.
+    /// The coordinator's HTTP API, on the observability node: status,
+    /// metrics, webhooks (git, Alertmanager).
     pub coordinator: u16,
+    /// The coordinator's mutual-TLS API for agents, on the observability
+    /// node: enrolment with a join token, then status, leases, nudges and
+    /// certificate renewal authenticated by the node's certificate.
+    pub coordinator_tls: u16,
     pub prometheus: u16,
     pub alertmanager: u16,
     pub alertmanager_cluster: u16,
@@ -279,6 +284,7 @@ impl Default for Ports {
             node_exporter: 9100,
             agent: 9170,
             coordinator: 9171,
+            coordinator_tls: 9172,
             prometheus: 9090,
             alertmanager: 9093,
             alertmanager_cluster: 9094,

@@ -401,7 +401,7 @@ fn check_nodes(c: &mut Checker<'_>) {
 
 /// Every port in cluster.yaml `ports`: the key, its value, what listens on
 /// it, and on which roles.
-fn port_table(p: &Ports) -> [(&'static str, u16, &'static str, &'static [Role]); 14] {
+fn port_table(p: &Ports) -> [(&'static str, u16, &'static str, &'static [Role]); 15] {
     const ALL: &[Role] = &[
         Role::Controller,
         Role::Broker,
@@ -452,6 +452,12 @@ fn port_table(p: &Ports) -> [(&'static str, u16, &'static str, &'static [Role]);
             "coordinator",
             p.coordinator,
             "coordinator",
+            &[Role::Observability],
+        ),
+        (
+            "coordinator_tls",
+            p.coordinator_tls,
+            "coordinator's agent API (mutual TLS)",
             &[Role::Observability],
         ),
         (
