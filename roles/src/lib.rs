@@ -9,8 +9,12 @@
 //! - [`broker`]: SASL_SSL/SCRAM-SHA-512 broker with rack awareness.
 //! - [`connect`]: a distributed Kafka Connect worker.
 //! - [`observability`]: Prometheus, Alertmanager, Grafana and the coordinator.
+//!
+//! [`cloud_init::user_data`] renders what a new machine boots with: the
+//! cloud-init user-data that installs and starts the agent.
 
 pub mod broker;
+pub mod cloud_init;
 mod common;
 pub mod connect;
 mod context;
@@ -25,6 +29,7 @@ pub mod systemd;
 
 use std::collections::BTreeMap;
 
+pub use cloud_init::{UserDataSecrets, user_data};
 pub use context::Ctx;
 pub use desired_state::{Model, Role, SecretValue, types::Name};
 pub use plan::*;
@@ -53,6 +58,15 @@ pub enum RenderError {
     },
     #[error("serializing {file}: {message}")]
     Serialize { file: String, message: String },
+    #[error("{setting} is required by {needed_by}")]
+    MissingSetting {
+        setting: &'static str,
+        needed_by: String,
+    },
+    #[error(
+        "the age identity belongs on the observability node only (it runs the coordinator); refusing to put it into the user-data of {node} (role {role})"
+    )]
+    IdentityRefused { node: String, role: Role },
 }
 
 /// Renders the plan of the node called `node`.
@@ -61,17 +75,7 @@ pub fn render(model: &Model, node: &str, secrets: &Secrets) -> Result<Plan, Rend
         .node(node)
         .ok_or_else(|| RenderError::UnknownNode(node.to_owned()))?;
     let ctx = Ctx::new(model, node, secrets);
-    let mut plan = Plan {
-        node: node.name.to_string(),
-        role: *node.role,
-        users: Vec::new(),
-        directories: Vec::new(),
-        artifacts: Vec::new(),
-        files: Vec::new(),
-        certificates: Vec::new(),
-        units: Vec::new(),
-        masked_units: Vec::new(),
-    };
+    let mut plan = Plan::empty(node.name.as_str(), *node.role);
     common::render(&ctx, &mut plan)?;
     match *node.role {
         Role::Controller => controller::render(&ctx, &mut plan)?,

@@ -32,6 +32,21 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// A plan for `node` of `role` with nothing in it yet.
+    pub fn empty(node: &str, role: Role) -> Self {
+        Self {
+            node: node.to_owned(),
+            role,
+            users: Vec::new(),
+            directories: Vec::new(),
+            artifacts: Vec::new(),
+            files: Vec::new(),
+            certificates: Vec::new(),
+            units: Vec::new(),
+            masked_units: Vec::new(),
+        }
+    }
+
     pub fn file(&self, path: &str) -> Option<&PlannedFile> {
         self.files.iter().find(|f| f.path == path)
     }
