@@ -23,9 +23,18 @@ pub struct AgentConfig {
     /// The coordinator's base URL, e.g. `http://observability-1.kafka.internal:9171`.
     #[serde(default)]
     pub coordinator: Option<String>,
-    /// File holding this node's join token (authenticates it to the coordinator).
+    /// File holding this node's join token. With `ca_file` it is single
+    /// use: the agent enrols with it once over mutual TLS (and receives its
+    /// certificate and, when `identity_file` is missing, its identity), then
+    /// deletes it. Without `ca_file` it is sent as a bearer token on every
+    /// call over plain HTTP.
     #[serde(default)]
     pub join_token_file: Option<PathBuf>,
+    /// The cluster CA certificate (PEM). Set, the coordinator is reached
+    /// over mutual TLS (`coordinator` is its `https://` agent port) and its
+    /// certificate must chain to this CA.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// SSH public keys (`ssh-ed25519 AAAA… comment` lines) allowed to sign
     /// commits. Empty: signatures are not checked.
     #[serde(default)]
@@ -164,6 +173,17 @@ impl AgentConfig {
                 "root and state_dir must be absolute paths".to_owned(),
             ));
         }
+        if config.ca_file.is_some()
+            && !config
+                .coordinator
+                .as_deref()
+                .is_some_and(|url| url.starts_with("https://"))
+        {
+            return Err(invalid(
+                "ca_file is set, so coordinator must be the coordinator's https:// (mutual TLS) URL"
+                    .to_owned(),
+            ));
+        }
         let fetch_timeout = config.repository.fetch_timeout();
         if fetch_timeout.is_zero() || fetch_timeout > crate::sync::MAX_FETCH_TIMEOUT {
             return Err(invalid(format!(
@@ -194,6 +214,24 @@ pub fn rooted(root: &Path, path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ca_file_needs_an_https_coordinator() {
+        let base = "node: broker-1\nrepository:\n  url: file:///srv/git/cluster.git\nidentity_file: /etc/kraftops/age-identity\nca_file: /etc/kraftops/ca.pem\n";
+        let plain = format!("{base}coordinator: http://observability-1.kafka.internal:9171\n");
+        let err =
+            AgentConfig::parse(Path::new("agent.yaml"), &plain).expect_err("plain http refused");
+        assert!(
+            err.to_string().contains("agent.yaml") || matches!(err, ConfigError::Invalid { .. })
+        );
+        assert!(format!("{err:?}").contains("https://"), "{err:?}");
+        let tls = format!("{base}coordinator: https://observability-1.kafka.internal:9172\n");
+        let c = AgentConfig::parse(Path::new("agent.yaml"), &tls).expect("https accepted");
+        assert_eq!(
+            c.ca_file.as_deref(),
+            Some(Path::new("/etc/kraftops/ca.pem"))
+        );
+    }
 
     #[test]
     fn parses_a_full_config() {

@@ -2,8 +2,10 @@
 //! coordinator exchange, in one place. `docs/coordinator-protocol.md`
 //! describes the endpoints; these types are the contract.
 //!
-//! Times are Unix seconds (UTC). Authentication: every node request carries
-//! `Authorization: Bearer <join token>`; a token is bound to one node name.
+//! Times are Unix seconds (UTC). Authentication: on the mutual-TLS port a
+//! node enrols once with `Authorization: Bearer <join token>` (the token is
+//! then spent) and afterwards presents its certificate; on the plain port
+//! a node request carries its unspent join token as a bearer token.
 
 use serde::{Deserialize, Serialize};
 
@@ -125,6 +127,27 @@ pub struct CertificateResponse {
     pub certificate_pem: String,
     pub ca_pem: String,
     pub not_after: u64,
+}
+
+/// `POST /v1/enrol` (mutual-TLS port only, with the node's join token):
+/// the node's first certificate, and the age identity that decrypts its
+/// secrets. The join token is spent by it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrolmentResponse {
+    pub certificate_pem: String,
+    pub ca_pem: String,
+    pub not_after: u64,
+    /// The age identity (`AGE-SECRET-KEY-1…`).
+    pub identity: String,
+}
+
+impl std::fmt::Debug for EnrolmentResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnrolmentResponse")
+            .field("not_after", &self.not_after)
+            .field("identity", &"<redacted>")
+            .finish_non_exhaustive()
+    }
 }
 
 /// `POST /v1/leases/{role}` (acquire) and `PUT` (renew).

@@ -372,6 +372,47 @@ fn the_example_cluster_comes_up_healthy_and_secure() {
     assert_eq!(revisions.len(), 1, "agents disagree: {revisions:?}");
     let head = revisions.into_iter().next().expect("one revision");
 
+    // Every node came up the way an EC2 machine does: real cloud-init ran
+    // its user-data to the end, the agent enrolled over mutual TLS and
+    // deleted its spent join token, and holds the identity it was handed
+    // (mode 0600).
+    for node in &state.nodes {
+        let out = exec(
+            &state,
+            &node.name,
+            &[
+                "sh",
+                "-c",
+                "cloud-init status; test ! -e /etc/kraftops/join-token && echo token-gone; stat -c %a /etc/kraftops/age-identity",
+            ],
+            None,
+        );
+        let text = stdout(&out);
+        assert!(
+            text.contains("status: done") && text.contains("token-gone") && text.contains("600"),
+            "{}: {text}{}",
+            node.name,
+            stderr(&out)
+        );
+    }
+    // A spent join token enrols nothing and authenticates nothing.
+    let spent = example_secret(&model, "join-token-broker-2");
+    let replay = exec(
+        &state,
+        "broker-1",
+        &[
+            "sh",
+            "-c",
+            "curl -sS --cacert /etc/kraftops/ca.pem -w ' %{http_code}' -H \"Authorization: Bearer $(cat)\" -H 'Content-Type: application/json' -d '{\"node\":\"broker-2\",\"csr_pem\":\"x\"}' https://observability-1.kafka.internal:9172/v1/enrol",
+        ],
+        Some(&spent),
+    );
+    let replay = stdout(&replay);
+    assert!(
+        replay.ends_with(" 401") && replay.contains("already used"),
+        "a replayed join token: {replay}"
+    );
+
     // Kafka's own tool: one quorum of the three controllers, four brokers.
     let quorum = checks::quorum_status(&state, &model).expect("kafka-metadata-quorum");
     let mut voters = checks::current_voters(&quorum);
@@ -441,6 +482,59 @@ fn the_example_cluster_comes_up_healthy_and_secure() {
         "creating a topic as admin: {}",
         stderr(&create)
     );
+    // The brokers registered with their racks (their AZs: brokers 1 and 3
+    // in eu-central-1a, 2 and 4 in eu-central-1b): Kafka's rack-aware
+    // placement puts the two replicas of every partition in different AZs.
+    // Without racks, 8 partitions of 2 replicas on 4 brokers would almost
+    // surely (1 - (2/3)^8 = 96 %) put some partition in one AZ.
+    let create = topics(
+        "/root/e2e-admin.properties",
+        &[
+            "--create",
+            "--if-not-exists",
+            "--topic",
+            "e2e-racks",
+            "--partitions",
+            "8",
+            "--replication-factor",
+            "2",
+        ],
+    );
+    assert!(
+        create.status.success(),
+        "creating e2e-racks: {}",
+        stderr(&create)
+    );
+    let described = topics(
+        "/root/e2e-admin.properties",
+        &["--describe", "--topic", "e2e-racks"],
+    );
+    let described = stdout(&described);
+    let rack_of = |id: &str| match id {
+        "1" | "3" => 'a',
+        "2" | "4" => 'b',
+        other => panic!("unexpected broker {other} in\n{described}"),
+    };
+    let placements: Vec<Vec<char>> = described
+        .lines()
+        .filter_map(|l| l.split("Replicas: ").nth(1))
+        .map(|r| {
+            r.split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .split(',')
+                .map(rack_of)
+                .collect()
+        })
+        .collect();
+    assert_eq!(placements.len(), 8, "{described}");
+    for p in &placements {
+        assert!(
+            p.contains(&'a') && p.contains(&'b'),
+            "a partition in one AZ:\n{described}"
+        );
+    }
+
     let records: Vec<String> = (0..20).map(|i| format!("k{i}:record-{i}")).collect();
     let produce = exec(
         &state,
@@ -917,6 +1011,114 @@ fn the_example_cluster_comes_up_healthy_and_secure() {
     );
     report!(
         "push to converged: no-restart change {quiet_seconds:.0} s, rolling change {roll_seconds:.0} s"
+    );
+
+    // A broker stopped by hand (its agent stopped too, or it would start
+    // Kafka again at its next poll, well inside the alert's 1 m `for`):
+    // Prometheus sees the JMX target down, InstanceDown fires in
+    // Alertmanager within its `for` window plus one scrape and one
+    // evaluation interval, reaches the coordinator through Alertmanager's
+    // webhook, and once the agent runs again it starts Kafka by itself.
+    let victim = state
+        .nodes
+        .iter()
+        .find(|n| n.name == "broker-4")
+        .expect("broker-4")
+        .clone();
+    let stopped = exec(
+        &state,
+        &victim.name,
+        &[
+            "systemctl",
+            "stop",
+            "kraftops-agent.service",
+            "kafka.service",
+        ],
+        None,
+    );
+    assert!(
+        stopped.status.success(),
+        "stopping broker-4: {}",
+        stderr(&stopped)
+    );
+    let stopped_at = Instant::now();
+    let alertmanager = state.alertmanager_url.clone().expect("an Alertmanager URL");
+    let is_victim = |labels: &Value| {
+        let instance = labels["instance"].as_str().unwrap_or_default();
+        instance.contains(&victim.fqdn) || instance.contains(&victim.address.to_string())
+    };
+    wait_until(
+        "InstanceDown of broker-4 in Alertmanager",
+        Duration::from_secs(180),
+        || {
+            http_json(&format!("{alertmanager}/api/v2/alerts"))
+                .as_array()?
+                .iter()
+                .any(|a| {
+                    a["labels"]["alertname"] == "InstanceDown"
+                        && is_victim(&a["labels"])
+                        && a["status"]["state"] == "active"
+                })
+                .then_some(())
+        },
+    );
+    let fired_after = stopped_at.elapsed().as_secs_f64();
+    assert!(
+        fired_after <= 60.0 + 15.0 + 15.0 + 15.0,
+        "InstanceDown took {fired_after:.0} s (for 1m, scrape and evaluation every 15 s)"
+    );
+    wait_until(
+        "the alert at the coordinator",
+        Duration::from_secs(120),
+        || {
+            http_json(&format!("{}/v1/alerts", state.coordinator_url))
+                .as_array()?
+                .iter()
+                .any(|a| {
+                    a.to_string().contains("InstanceDown") && a.to_string().contains(&victim.name)
+                })
+                .then_some(())
+        },
+    );
+    let still_down = exec(
+        &state,
+        &victim.name,
+        &["systemctl", "is-active", "kafka.service"],
+        None,
+    );
+    assert_eq!(
+        stdout(&still_down).trim(),
+        "inactive",
+        "nothing but the agent may start Kafka again"
+    );
+    let started = exec(
+        &state,
+        &victim.name,
+        &["systemctl", "start", "kraftops-agent.service"],
+        None,
+    );
+    assert!(
+        started.status.success(),
+        "starting broker-4's agent: {}",
+        stderr(&started)
+    );
+    let agent_back = Instant::now();
+    wait_until(
+        "the agent to start Kafka on broker-4",
+        Duration::from_secs(180),
+        || {
+            let out = exec(
+                &state,
+                &victim.name,
+                &["systemctl", "is-active", "kafka.service"],
+                None,
+            );
+            (stdout(&out).trim() == "active").then_some(())
+        },
+    );
+    report!(
+        "broker-4 stopped by hand: InstanceDown active in Alertmanager after {fired_after:.0} s (for: 1m), at the coordinator too; Kafka started by the agent {:.0} s after the agent was back",
+        agent_back.elapsed().as_secs_f64()
     );
 
     // Measures (printed, not asserted).

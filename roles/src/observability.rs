@@ -770,6 +770,10 @@ fn grafana(ctx: &Ctx<'_>, plan: &mut Plan) -> Result<(), RenderError> {
 pub struct CoordinatorConfig {
     /// `address:port` of the coordinator's HTTP API (private address only).
     pub listen: String,
+    /// `address:port` of the coordinator's mutual-TLS API for agents
+    /// (enrolment, status, leases, nudges, certificates).
+    #[serde(default)]
+    pub tls_listen: Option<String>,
     pub cluster: String,
     pub kafka: CoordinatorKafka,
     /// REST base URL of every Kafka Connect worker, in `nodes.yaml` order.
@@ -833,6 +837,7 @@ fn coordinator(ctx: &Ctx<'_>, plan: &mut Plan) -> Result<(), RenderError> {
 
     let config = CoordinatorConfig {
         listen: format!("{addr}:{}", ports.coordinator),
+        tls_listen: Some(format!("{addr}:{}", ports.coordinator_tls)),
         cluster: model.cluster.name.to_string(),
         kafka: CoordinatorKafka {
             bootstrap_servers: ctx.bootstrap_servers(),

@@ -135,6 +135,18 @@ pub(crate) fn write_atomic(
     commit_temp(file, &temp, target, own)
 }
 
+/// [`write_atomic`] of a file owned by this process's user, creating its
+/// directory first.
+pub(crate) fn write_own(target: &Path, contents: &[u8], mode: u32) -> Result<(), ApplyError> {
+    ensure_dir_all(parent(target))?;
+    let own = Ownership {
+        uid: nix::unistd::geteuid().as_raw(),
+        gid: nix::unistd::getegid().as_raw(),
+        mode,
+    };
+    write_atomic(target, contents, own)
+}
+
 /// Reads a regular file without following a symlink at its last component;
 /// `None` when it is missing or not a regular file.
 pub(crate) fn read_regular(path: &Path) -> Result<Option<Vec<u8>>, ApplyError> {

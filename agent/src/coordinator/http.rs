@@ -20,9 +20,11 @@ use tracing::Instrument as _;
 
 use super::alerts::{AlertmanagerWebhook, AlertsAccepted, ReceivedAlert};
 use super::auth::{SIGNATURE_HEADER, bearer_token, webhook_signature_valid};
+use super::tls::PeerNode;
 use super::{Coordinator, Refusal};
 use crate::protocol::{
-    CertificateRequestBody, CertificateResponse, Lease, LeaseRequest, NodeView, Nudge, StatusReport,
+    CertificateRequestBody, CertificateResponse, EnrolmentResponse, Lease, LeaseRequest, NodeView,
+    Nudge, StatusReport,
 };
 
 /// The largest request body accepted, on every endpoint.
@@ -44,6 +46,7 @@ pub fn router(state: Arc<Coordinator>) -> Router {
         .route("/v1/nodes/{name}", get(get_node))
         .route("/v1/nodes/{name}/status", post(post_status))
         .route("/v1/certificates", post(post_certificate))
+        .route("/v1/enrol", post(post_enrol))
         .route("/v1/ca.pem", get(get_ca))
         .route("/v1/leases", get(list_leases))
         .route(
@@ -64,7 +67,15 @@ pub fn router(state: Arc<Coordinator>) -> Router {
 /// Ends long-polls when the server shuts down, so graceful shutdown does not
 /// wait out every agent's poll.
 #[derive(Clone, Debug)]
-struct ShuttingDown(CancellationToken);
+pub(crate) struct ShuttingDown(pub(crate) CancellationToken);
+
+/// The verified client certificate's node, when the request came over the
+/// mutual-TLS port.
+type Peer = Option<Extension<PeerNode>>;
+
+fn peer_of(peer: &Peer) -> Option<&PeerNode> {
+    peer.as_ref().map(|Extension(p)| p)
+}
 
 /// Serves the coordinator on `listener` until `shutdown` is cancelled, then
 /// finishes the requests in flight (nudge long-polls return at once) and
@@ -236,11 +247,12 @@ async fn get_node(
 
 async fn post_status(
     State(coordinator): Shared,
+    peer: Peer,
     name: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Result<Json<StatusReport>, JsonRejection>,
 ) -> Result<Json<NodeView>, Refusal> {
-    let authenticated = coordinator.authenticate(bearer_token(&headers))?;
+    let authenticated = coordinator.authenticate(peer_of(&peer), bearer_token(&headers))?;
     let name = path_param(name)?;
     let report = json_body(body)?;
     coordinator
@@ -250,13 +262,27 @@ async fn post_status(
 
 async fn post_certificate(
     State(coordinator): Shared,
+    peer: Peer,
     headers: HeaderMap,
     body: Result<Json<CertificateRequestBody>, JsonRejection>,
 ) -> Result<Json<CertificateResponse>, Refusal> {
-    let authenticated = coordinator.authenticate(bearer_token(&headers))?;
+    let authenticated = coordinator.authenticate(peer_of(&peer), bearer_token(&headers))?;
     let request = json_body(body)?;
     coordinator
         .sign_certificate(&authenticated, request)
+        .await
+        .map(Json)
+}
+
+async fn post_enrol(
+    State(coordinator): Shared,
+    peer: Peer,
+    headers: HeaderMap,
+    body: Result<Json<CertificateRequestBody>, JsonRejection>,
+) -> Result<Json<EnrolmentResponse>, Refusal> {
+    let request = json_body(body)?;
+    coordinator
+        .enrol(peer_of(&peer), bearer_token(&headers), request)
         .await
         .map(Json)
 }
@@ -276,21 +302,23 @@ async fn list_leases(State(coordinator): Shared) -> Json<Vec<Lease>> {
 /// The caller, the role and the request of a lease endpoint.
 fn lease_call(
     coordinator: &Coordinator,
+    peer: &Peer,
     role: Result<Path<String>, PathRejection>,
     headers: &HeaderMap,
     body: Result<Json<LeaseRequest>, JsonRejection>,
 ) -> Result<(String, String, LeaseRequest), Refusal> {
-    let authenticated = coordinator.authenticate(bearer_token(headers))?;
+    let authenticated = coordinator.authenticate(peer_of(peer), bearer_token(headers))?;
     Ok((authenticated, path_param(role)?, json_body(body)?))
 }
 
 async fn acquire_lease(
     State(coordinator): Shared,
+    peer: Peer,
     role: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Result<Json<LeaseRequest>, JsonRejection>,
 ) -> Result<Json<Lease>, Refusal> {
-    let (authenticated, role, request) = lease_call(&coordinator, role, &headers, body)?;
+    let (authenticated, role, request) = lease_call(&coordinator, &peer, role, &headers, body)?;
     coordinator
         .acquire_lease(&authenticated, &role, &request)
         .map(Json)
@@ -298,11 +326,12 @@ async fn acquire_lease(
 
 async fn renew_lease(
     State(coordinator): Shared,
+    peer: Peer,
     role: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Result<Json<LeaseRequest>, JsonRejection>,
 ) -> Result<Json<Lease>, Refusal> {
-    let (authenticated, role, request) = lease_call(&coordinator, role, &headers, body)?;
+    let (authenticated, role, request) = lease_call(&coordinator, &peer, role, &headers, body)?;
     coordinator
         .renew_lease(&authenticated, &role, &request)
         .map(Json)
@@ -310,11 +339,12 @@ async fn renew_lease(
 
 async fn release_lease(
     State(coordinator): Shared,
+    peer: Peer,
     role: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Result<Json<LeaseRequest>, JsonRejection>,
 ) -> Result<StatusCode, Refusal> {
-    let (authenticated, role, request) = lease_call(&coordinator, role, &headers, body)?;
+    let (authenticated, role, request) = lease_call(&coordinator, &peer, role, &headers, body)?;
     coordinator.release_lease(&authenticated, &role, &request)?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -363,9 +393,10 @@ async fn poll_nudges(
 
 async fn post_nudge(
     State(coordinator): Shared,
+    peer: Peer,
     headers: HeaderMap,
 ) -> Result<Json<Nudge>, Refusal> {
-    let node = coordinator.authenticate(bearer_token(&headers))?;
+    let node = coordinator.authenticate(peer_of(&peer), bearer_token(&headers))?;
     tracing::info!(%node, "nudge requested");
     coordinator.nudge();
     Ok(Json(Nudge {

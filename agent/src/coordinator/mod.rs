@@ -18,6 +18,7 @@ mod http;
 mod leases;
 mod refusal;
 pub mod service;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -37,11 +38,13 @@ pub use http::{DEFAULT_POLL_SECONDS, MAX_BODY_BYTES, MAX_POLL_SECONDS, router, s
 pub use refusal::Refusal;
 
 use crate::protocol::{
-    CertificateRequestBody, CertificateResponse, Lease, LeaseRequest, NodeView, StatusReport,
+    CertificateRequestBody, CertificateResponse, EnrolmentResponse, Lease, LeaseRequest, NodeView,
+    StatusReport,
 };
 use alerts::AlertLog;
 use auth::{TokenDigest, digests_equal, token_digest};
 use leases::LeaseTable;
+pub use tls::{PeerNode, ServerCertificate, serve_tls, server_config};
 
 /// What the coordinator knows from the desired-state repository.
 #[derive(Clone, PartialEq, Eq)]
@@ -177,10 +180,28 @@ struct ReceivedReport {
     received_at: u64,
 }
 
+/// What enrolment hands out, and where spent join tokens are recorded.
+struct Enrolment {
+    identity: String,
+    record: Option<PathBuf>,
+}
+
+impl fmt::Debug for Enrolment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Enrolment")
+            .field("identity", &"<redacted>")
+            .field("record", &self.record)
+            .finish()
+    }
+}
+
 #[derive(Debug)]
 struct State {
     cluster: String,
     roster: Roster,
+    /// Join tokens already used for an enrolment: they authenticate nothing.
+    spent: Vec<TokenDigest>,
+    enrolment: Option<Enrolment>,
     reports: BTreeMap<String, ReceivedReport>,
     leases: LeaseTable,
     alerts: AlertLog,
@@ -286,6 +307,8 @@ impl Coordinator {
             state: Mutex::new(State {
                 cluster: view.cluster.clone(),
                 roster: Roster::new(view),
+                spent: Vec::new(),
+                enrolment: None,
                 reports: BTreeMap::new(),
                 leases: LeaseTable::new(started_at.saturating_mul(FENCING_PER_SECOND)),
                 alerts: AlertLog::default(),
@@ -345,13 +368,116 @@ impl Coordinator {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The node a bearer token belongs to.
-    pub(crate) fn authenticate(&self, token: Option<&str>) -> Result<String, Refusal> {
+    /// Offers enrolment (`POST /v1/enrol` on the mutual-TLS port): a node
+    /// presenting its unspent join token gets its first certificate and
+    /// `identity` (the age identity that decrypts its secrets), and the token
+    /// is spent. Spent tokens are appended to `record` (one SHA-256 per
+    /// line) and read back from it here, so a restart does not revive them.
+    pub fn enable_enrolment(
+        &self,
+        identity: String,
+        record: Option<PathBuf>,
+    ) -> std::io::Result<()> {
+        let mut spent = Vec::new();
+        if let Some(path) = &record {
+            match std::fs::read_to_string(path) {
+                Ok(text) => {
+                    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+                        let mut digest = [0u8; 32];
+                        hex::decode_to_slice(line, &mut digest).map_err(|e| {
+                            std::io::Error::new(
+                                std::io::ErrorKind::InvalidData,
+                                format!("{}: bad line {line:?}: {e}", path.display()),
+                            )
+                        })?;
+                        spent.push(digest);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let mut state = self.lock();
+        state.spent = spent;
+        state.enrolment = Some(Enrolment { identity, record });
+        Ok(())
+    }
+
+    /// Who is calling: the node its verified client certificate names (on
+    /// the mutual-TLS port), else the node whose unspent join token it
+    /// presents.
+    pub(crate) fn authenticate(
+        &self,
+        peer: Option<&PeerNode>,
+        token: Option<&str>,
+    ) -> Result<String, Refusal> {
+        let state = self.lock();
+        if let Some(PeerNode(Some(node))) = peer {
+            state.roster.entry(node)?;
+            return Ok(node.clone());
+        }
+        Self::token_holder(&state, token)
+    }
+
+    fn token_holder(state: &State, token: Option<&str>) -> Result<String, Refusal> {
         let token = token.ok_or(Refusal::Unauthenticated)?;
-        self.lock()
+        let node = state
             .roster
             .node_of(token)
-            .ok_or(Refusal::Unauthenticated)
+            .ok_or(Refusal::Unauthenticated)?;
+        let presented = token_digest(token);
+        if state.spent.iter().any(|d| digests_equal(d, &presented)) {
+            return Err(Refusal::TokenSpent { node });
+        }
+        Ok(node)
+    }
+
+    /// Enrols the node whose join token `token` is: signs its CSR, spends
+    /// the token, and returns the certificate with the identity. Only on the
+    /// mutual-TLS port (`peer` is set there), so the token and the identity
+    /// never cross the network in the clear.
+    pub(crate) async fn enrol(
+        &self,
+        peer: Option<&PeerNode>,
+        token: Option<&str>,
+        request: CertificateRequestBody,
+    ) -> Result<EnrolmentResponse, Refusal> {
+        if peer.is_none() {
+            return Err(Refusal::EnrolOverTls);
+        }
+        let node = {
+            let state = self.lock();
+            if state.enrolment.is_none() {
+                return Err(Refusal::EnrolmentDisabled);
+            }
+            Self::token_holder(&state, token)?
+        };
+        let token = token.ok_or(Refusal::Unauthenticated)?;
+        let signed = self.sign_certificate(&node, request).await?;
+        let mut state = self.lock();
+        // Another enrolment with the same token may have raced this one.
+        let presented = token_digest(token);
+        if state.spent.iter().any(|d| digests_equal(d, &presented)) {
+            return Err(Refusal::TokenSpent { node });
+        }
+        let Some(enrolment) = &state.enrolment else {
+            return Err(Refusal::EnrolmentDisabled);
+        };
+        if let Some(path) = &enrolment.record {
+            append_line(path, &hex::encode(presented)).map_err(|e| {
+                tracing::error!(path = %path.display(), error = %e, "cannot record a spent join token; refusing the enrolment");
+                Refusal::Internal
+            })?;
+        }
+        let identity = enrolment.identity.clone();
+        state.spent.push(presented);
+        tracing::info!(%node, not_after = signed.not_after, "node enrolled; its join token is spent");
+        Ok(EnrolmentResponse {
+            certificate_pem: signed.certificate_pem,
+            ca_pem: signed.ca_pem,
+            not_after: signed.not_after,
+            identity,
+        })
     }
 
     /// Checks that `claimed` is a known node and `authenticated` is it.
@@ -604,4 +730,16 @@ impl Coordinator {
     pub fn alerts(&self) -> Vec<ReceivedAlert> {
         self.lock().alerts.newest_first()
     }
+}
+
+/// Appends `line` to `path` and syncs it, so an enrolment answered is an
+/// enrolment recorded.
+fn append_line(path: &std::path::Path, line: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    writeln!(file, "{line}")?;
+    file.sync_all()
 }

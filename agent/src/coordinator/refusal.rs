@@ -59,6 +59,14 @@ pub enum Refusal {
     WebhookDisabled,
     #[error("missing or wrong X-Hub-Signature-256")]
     BadSignature,
+    #[error(
+        "this join token was already used to enrol {node}; a join token is good for one enrolment (rotate secrets/join-token-{node}.age to enrol the node again)"
+    )]
+    TokenSpent { node: String },
+    #[error("enrolment is only offered on the coordinator's mutual-TLS port")]
+    EnrolOverTls,
+    #[error("this coordinator does not enrol nodes")]
+    EnrolmentDisabled,
     #[error("no such endpoint")]
     NoSuchEndpoint,
     #[error("method not allowed")]
@@ -70,7 +78,11 @@ pub enum Refusal {
 impl Refusal {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::Unauthenticated | Self::BadSignature => StatusCode::UNAUTHORIZED,
+            Self::Unauthenticated | Self::BadSignature | Self::TokenSpent { .. } => {
+                StatusCode::UNAUTHORIZED
+            }
+            Self::EnrolOverTls => StatusCode::FORBIDDEN,
+            Self::EnrolmentDisabled => StatusCode::NOT_FOUND,
             Self::WrongNode { .. } | Self::NodeMismatch { .. } | Self::WrongRole { .. } => {
                 StatusCode::FORBIDDEN
             }

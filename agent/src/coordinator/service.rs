@@ -14,13 +14,17 @@ use desired_state::{Identity, Model};
 use roles::observability::CoordinatorConfig;
 use tokio_util::sync::CancellationToken;
 
-use super::{ClusterView, Coordinator, CsrSigner, NodeEntry, SystemClock};
+use super::{
+    ClusterView, Coordinator, CsrSigner, NodeEntry, ServerCertificate, SystemClock, serve_tls,
+    server_config,
+};
 use crate::certs::{Ca, NodeIdentity};
 use crate::config::AgentConfig;
 use crate::sync::Repo;
 
 /// Signs CSRs with the cluster CA, giving each node exactly its own names.
-struct CaSigner(Ca);
+#[derive(Debug)]
+pub struct CaSigner(pub Arc<Ca>);
 
 impl CsrSigner for CaSigner {
     fn sign(
@@ -91,7 +95,59 @@ pub fn signer_and_view(
     identity: &Identity,
 ) -> anyhow::Result<(ClusterView, Arc<dyn CsrSigner>)> {
     let (view, ca) = view_of(model, identity)?;
-    Ok((view, Arc::new(CaSigner(ca))))
+    Ok((view, Arc::new(CaSigner(Arc::new(ca)))))
+}
+
+/// A keystore PEM (key, certificate, CA) for the coordinator's own TLS
+/// listener: `node`'s names from `view`, plus `localhost` and 127.0.0.1 for
+/// tools on the same machine. Returns it with its `not_after`.
+pub fn coordinator_keystore(
+    ca: &Ca,
+    view: &ClusterView,
+    node: &str,
+    now: u64,
+) -> anyhow::Result<(String, u64)> {
+    let entry = view
+        .nodes
+        .get(node)
+        .with_context(|| format!("the coordinator's node {node} is not in nodes.yaml"))?;
+    let mut dns_names = entry.dns_names.clone();
+    dns_names.push("localhost".to_owned());
+    let mut ips = entry.ips.clone();
+    ips.push(IpAddr::from([127, 0, 0, 1]));
+    let identity = NodeIdentity {
+        name: node.to_owned(),
+        dns_names,
+        ips,
+    };
+    let request = roles::CertificateRequest {
+        name: "coordinator".to_owned(),
+        common_name: node.to_owned(),
+        dns_names: identity.dns_names.clone(),
+        ip_addresses: identity
+            .ips
+            .iter()
+            .filter_map(|ip| match ip {
+                IpAddr::V4(v4) => Some(*v4),
+                IpAddr::V6(_) => None,
+            })
+            .collect(),
+        keystore_path: String::new(),
+        owner: String::new(),
+        group: String::new(),
+        validity_seconds: view.cert_validity.as_secs(),
+        renew_before_seconds: 0,
+        on_change: Vec::new(),
+    };
+    let key = crate::certs::NodeKey::generate().context("generating the coordinator's key")?;
+    let csr = crate::certs::csr_pem(&request, &key).context("the coordinator's CSR")?;
+    let signed = ca
+        .sign(&csr, &identity, view.cert_validity.as_secs(), now)
+        .context("signing the coordinator's certificate")?;
+    Ok((
+        crate::certs::keystore_pem(&key, &signed.pem, ca.cert_pem()),
+        signed.not_after,
+    ))
 }
 
 /// Fetches the repository and loads the head (blocking).
@@ -112,11 +168,10 @@ pub async fn run(config_path: &Path, agent: AgentConfig) -> anyhow::Result<()> {
     let config: CoordinatorConfig = serde_saphyr::from_str(&text)
         .map_err(|e| anyhow::anyhow!("{}: {}", config_path.display(), e.without_snippet()))?;
     let identity_path = agent.rooted(&agent.identity_file);
-    let identity = Identity::parse(
-        &std::fs::read_to_string(&identity_path)
-            .with_context(|| format!("reading {}", identity_path.display()))?,
-    )
-    .with_context(|| format!("parsing {}", identity_path.display()))?;
+    let identity_text = std::fs::read_to_string(&identity_path)
+        .with_context(|| format!("reading {}", identity_path.display()))?;
+    let identity = Identity::parse(&identity_text)
+        .with_context(|| format!("parsing {}", identity_path.display()))?;
     // Its own clone, in the unit's StateDirectory= (systemd passes it as
     // $STATE_DIRECTORY; the sandbox leaves only that writable).
     let state_dir = match std::env::var_os("STATE_DIRECTORY") {
@@ -138,7 +193,26 @@ pub async fn run(config_path: &Path, agent: AgentConfig) -> anyhow::Result<()> {
     })
     .await
     .context("the loading thread panicked")??;
-    let (view, signer) = signer_and_view(&model, &identity)?;
+    let (view, ca) = view_of(&model, &identity)?;
+    let ca = Arc::new(ca);
+    let signer: Arc<dyn CsrSigner> = Arc::new(CaSigner(Arc::clone(&ca)));
+    let tls = match &config.tls_listen {
+        Some(address) => {
+            let now = crate::certs::unix_now();
+            let (pem, not_after) = coordinator_keystore(&ca, &view, &agent.node, now)?;
+            let certificate = ServerCertificate::from_keystore(&pem)
+                .context("loading the coordinator's TLS certificate")?;
+            let server = server_config(ca.cert_pem(), Arc::clone(&certificate))
+                .context("the coordinator's TLS configuration")?;
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("binding {address}"))?;
+            Some((listener, server, certificate, now, not_after))
+        }
+        None => None,
+    };
+    // The names the coordinator's TLS certificate is renewed for.
+    let mut tls_view = view.clone();
     let webhook_secret = desired_state::types::Name::try_from("git-webhook-secret")
         .ok()
         .filter(|n| model.secrets.contains_key(n))
@@ -154,6 +228,12 @@ pub async fn run(config_path: &Path, agent: AgentConfig) -> anyhow::Result<()> {
         webhook_secret,
         state_dir.join("leases-until"),
     );
+    coordinator
+        .enable_enrolment(
+            identity_text.clone(),
+            Some(state_dir.join("spent-join-tokens")),
+        )
+        .with_context(|| format!("reading {}", state_dir.join("spent-join-tokens").display()))?;
     tracing::info!(commit = %head, cluster = %config.cluster, listen = %config.listen, "coordinator starting");
 
     let stop = CancellationToken::new();
@@ -161,6 +241,17 @@ pub async fn run(config_path: &Path, agent: AgentConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let server = tokio::spawn(super::serve(listener, coordinator.clone(), stop.clone()));
+    let mut tls_server = None;
+    let mut server_certificate = None;
+    if let Some((listener, config, certificate, issued, not_after)) = tls {
+        tls_server = Some(tokio::spawn(serve_tls(
+            listener,
+            coordinator.clone(),
+            config,
+            stop.clone(),
+        )));
+        server_certificate = Some((certificate, issued, not_after));
+    }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
     // Follow the repository: nodes, tokens and the CA come from git. A
@@ -182,6 +273,30 @@ pub async fn run(config_path: &Path, agent: AgentConfig) -> anyhow::Result<()> {
             } => {}
         }
         generation = coordinator.generation();
+        // The TLS certificate is renewed at two thirds of its lifetime.
+        if let Some((certificate, issued, not_after)) = &mut server_certificate {
+            let now = crate::certs::unix_now();
+            if now >= *issued + (*not_after).saturating_sub(*issued) * 2 / 3 {
+                match coordinator_keystore(&ca, &tls_view, &agent.node, now).and_then(
+                    |(pem, until)| {
+                        certificate.replace(&pem)?;
+                        Ok(until)
+                    },
+                ) {
+                    Ok(until) => {
+                        tracing::info!(
+                            not_after = until,
+                            "renewed the coordinator's TLS certificate"
+                        );
+                        *issued = now;
+                        *not_after = until;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "renewing the coordinator's TLS certificate")
+                    }
+                }
+            }
+        }
         let (back, loaded) = tokio::task::spawn_blocking(move || {
             let loaded = load_head(&mut repo);
             (repo, loaded)
@@ -193,6 +308,7 @@ pub async fn run(config_path: &Path, agent: AgentConfig) -> anyhow::Result<()> {
             Ok((head, model)) if head != last => match view_of(&model, &identity) {
                 Ok((view, _)) => {
                     tracing::info!(commit = %head, "cluster view updated");
+                    tls_view = view.clone();
                     coordinator.set_view(view);
                     last = head;
                     coordinator.nudge();
@@ -209,5 +325,8 @@ pub async fn run(config_path: &Path, agent: AgentConfig) -> anyhow::Result<()> {
     tracing::info!("coordinator shutting down");
     stop.cancel();
     server.await.context("the server task panicked")??;
+    if let Some(tls_server) = tls_server {
+        tls_server.await.context("the TLS server task panicked")??;
+    }
     Ok(())
 }

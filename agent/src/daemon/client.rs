@@ -3,10 +3,12 @@
 //! Blocking calls (certificates, leases) are made from the reconcile
 //! thread; status reports and the nudge long-poll are async.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::protocol::{
-    CertificateRequestBody, CertificateResponse, Lease, LeaseRequest, Nudge, StatusReport,
+    CertificateRequestBody, CertificateResponse, EnrolmentResponse, Lease, LeaseRequest, Nudge,
+    StatusReport,
 };
 
 /// Why a coordinator call failed.
@@ -18,6 +20,8 @@ pub enum ClientError {
         #[source]
         source: reqwest::Error,
     },
+    #[error("coordinator {url}: {message}")]
+    Setup { url: String, message: String },
     #[error("coordinator refused {what}: HTTP {status}: {message}")]
     Refused {
         what: String,
@@ -34,13 +38,42 @@ pub enum LeaseAnswer {
     Busy(String),
 }
 
-/// A coordinator at `base` (`http://host:port`), authenticated by this
-/// node's join token.
-#[derive(Clone, Debug)]
+/// How this node proves who it is.
+#[derive(Clone)]
+enum Auth {
+    /// Plain HTTP, the node's join token as a bearer token on every call.
+    Token(String),
+    /// Mutual TLS: the coordinator's certificate must chain to `ca_pem`
+    /// (pinned in `agent.yaml`); the node presents the certificate in
+    /// `credential` (key and chain, PEM), obtained by enrolling once with
+    /// `token` and renewed at two thirds of its lifetime.
+    Tls {
+        ca_pem: String,
+        credential: PathBuf,
+        token: Option<String>,
+    },
+}
+
+/// A coordinator at `base`, called as this node.
+#[derive(Clone)]
 pub struct CoordinatorClient {
     base: String,
     node: String,
-    token: String,
+    auth: Auth,
+}
+
+impl std::fmt::Debug for CoordinatorClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let auth = match &self.auth {
+            Auth::Token(_) => "join token",
+            Auth::Tls { .. } => "mutual TLS",
+        };
+        f.debug_struct("CoordinatorClient")
+            .field("base", &self.base)
+            .field("node", &self.node)
+            .field("auth", &auth)
+            .finish()
+    }
 }
 
 fn message(body: &str) -> String {
@@ -50,47 +83,256 @@ fn message(body: &str) -> String {
 }
 
 impl CoordinatorClient {
+    /// Plain HTTP (`http://host:port`), authenticated by the node's join token.
     pub fn new(base: &str, node: &str, token: &str) -> Self {
         Self {
             base: base.trim_end_matches('/').to_owned(),
             node: node.to_owned(),
-            token: token.to_owned(),
+            auth: Auth::Token(token.to_owned()),
         }
+    }
+
+    /// Mutual TLS (`https://host:port`): the coordinator must present a
+    /// certificate of the CA `ca_pem`; this node presents the one kept in
+    /// `credential`, enrolling with `token` first if there is none.
+    pub fn tls(
+        base: &str,
+        node: &str,
+        ca_pem: &str,
+        credential: PathBuf,
+        token: Option<String>,
+    ) -> Self {
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            node: node.to_owned(),
+            auth: Auth::Tls {
+                ca_pem: ca_pem.to_owned(),
+                credential,
+                token,
+            },
+        }
+    }
+
+    /// Over mutual TLS: the pinned CA, where the client certificate is kept
+    /// and the join token (if the node still has it); `None` in join-token
+    /// mode.
+    fn tls_parts(&self) -> Option<(&str, &Path, Option<&str>)> {
+        match &self.auth {
+            Auth::Token(_) => None,
+            Auth::Tls {
+                ca_pem,
+                credential,
+                token,
+            } => Some((ca_pem, credential, token.as_deref())),
+        }
+    }
+
+    fn setup_error(&self, message: String) -> ClientError {
+        ClientError::Setup {
+            url: self.base.clone(),
+            message,
+        }
+    }
+
+    /// A blocking client; over mutual TLS it presents `identity` if given.
+    fn blocking_with(
+        &self,
+        identity: Option<&str>,
+    ) -> Result<reqwest::blocking::Client, ClientError> {
+        let mut builder = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30));
+        if let Some((ca_pem, _, _)) = self.tls_parts() {
+            let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes())
+                .map_err(|e| self.setup_error(format!("the pinned CA: {e}")))?;
+            builder = builder.tls_certs_only([ca]);
+            if let Some(pem) = identity {
+                let id = reqwest::Identity::from_pem(pem.as_bytes())
+                    .map_err(|e| self.setup_error(format!("this node's certificate: {e}")))?;
+                builder = builder.identity(id);
+            }
+        }
+        builder.build().map_err(|source| ClientError::Unreachable {
+            url: self.base.clone(),
+            source,
+        })
     }
 
     fn blocking(&self) -> Result<reqwest::blocking::Client, ClientError> {
-        reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|source| ClientError::Unreachable {
-                url: self.base.clone(),
-                source,
-            })
+        let credential = self.credential()?;
+        self.blocking_with(credential.as_deref())
     }
 
-    fn unreachable(&self, source: reqwest::Error) -> ClientError {
-        ClientError::Unreachable {
+    /// An async client for one call (status reports, nudge polls).
+    fn async_client(&self) -> Result<reqwest::Client, ClientError> {
+        let mut builder = reqwest::Client::builder();
+        if let Some((ca_pem, _, _)) = self.tls_parts() {
+            let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes())
+                .map_err(|e| self.setup_error(format!("the pinned CA: {e}")))?;
+            builder = builder.tls_certs_only([ca]);
+            if let Some(pem) = self.read_credential() {
+                let id = reqwest::Identity::from_pem(pem.as_bytes())
+                    .map_err(|e| self.setup_error(format!("this node's certificate: {e}")))?;
+                builder = builder.identity(id);
+            } else {
+                return Err(self.setup_error(
+                    "not enrolled yet: no client certificate (the reconcile loop enrols)"
+                        .to_owned(),
+                ));
+            }
+        }
+        builder.build().map_err(|source| ClientError::Unreachable {
             url: self.base.clone(),
             source,
-        }
+        })
     }
 
-    /// Sends `body` with this node's token (blocking); a non-2xx answer is
-    /// `Refused` naming `what`.
-    fn send_blocking(
+    fn read_credential(&self) -> Option<String> {
+        let (_, credential, _) = self.tls_parts()?;
+        std::fs::read_to_string(credential).ok()
+    }
+
+    /// Over mutual TLS: this node's current credential (key and chain,
+    /// PEM), enrolling first when there is none and renewing it when two
+    /// thirds of its lifetime have passed. `None` in join-token mode.
+    fn credential(&self) -> Result<Option<String>, ClientError> {
+        let Some((_, credential, _)) = self.tls_parts() else {
+            return Ok(None);
+        };
+        match self.read_credential() {
+            None => {
+                self.enrol_with(|_| Ok(()))?;
+            }
+            Some(pem) => {
+                let due = crate::certs::read_keystore(&pem)
+                    .and_then(|(_, chain)| crate::certs::inspect(&chain))
+                    .map(|info| crate::certs::unix_now() >= crate::certs::renewal_due_at(&info, 0));
+                match due {
+                    Ok(false) => return Ok(Some(pem)),
+                    Ok(true) => {
+                        if let Err(e) = self.renew_credential(&pem) {
+                            tracing::warn!(error = %e, "renewing the coordinator client certificate; using the current one");
+                            return Ok(Some(pem));
+                        }
+                    }
+                    Err(e) => {
+                        return Err(self.setup_error(format!(
+                            "{} is unreadable ({e}); remove it and give the node a new join token to enrol again",
+                            credential.display()
+                        )));
+                    }
+                }
+            }
+        }
+        self.read_credential()
+            .map(Some)
+            .ok_or_else(|| self.setup_error(format!("{} vanished", credential.display())))
+    }
+
+    /// Over mutual TLS, makes sure this node has a client certificate
+    /// (enrolling or renewing as needed). Returns whether it has one.
+    pub fn ensure_enrolled(&self) -> Result<bool, ClientError> {
+        Ok(self.credential()?.is_some())
+    }
+
+    /// `POST /v1/enrol` with the join token (blocking). The age identity
+    /// the coordinator hands over goes to `on_identity` first; only if that
+    /// succeeds is the node's first client certificate written. The token
+    /// is spent by it.
+    pub fn enrol_with(
         &self,
-        method: reqwest::Method,
-        path: &str,
-        body: &impl serde::Serialize,
-        what: impl FnOnce() -> String,
-    ) -> Result<reqwest::blocking::Response, ClientError> {
+        on_identity: impl FnOnce(&str) -> Result<(), String>,
+    ) -> Result<(), ClientError> {
+        let Some((_, credential, token)) = self.tls_parts() else {
+            return Err(self.setup_error(
+                "enrolment needs the coordinator's mutual-TLS port (ca_file)".to_owned(),
+            ));
+        };
+        let token = token.ok_or_else(|| {
+            self.setup_error(format!(
+                "not enrolled ({} is missing) and no join token to enrol with",
+                credential.display()
+            ))
+        })?;
+        let key = crate::certs::NodeKey::generate()
+            .map_err(|e| self.setup_error(format!("generating a key: {e}")))?;
+        let csr = self.csr(&key)?;
+        let body = CertificateRequestBody {
+            node: self.node.clone(),
+            csr_pem: csr,
+        };
         let resp = self
-            .blocking()?
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .json(body)
+            .blocking_with(None)?
+            .post(format!("{}/v1/enrol", self.base))
+            .bearer_auth(token)
+            .json(&body)
             .send()
             .map_err(|e| self.unreachable(e))?;
+        let resp = Self::check_blocking(resp, || "the enrolment".to_owned())?;
+        let enrolled: EnrolmentResponse = resp.json().map_err(|e| self.unreachable(e))?;
+        on_identity(&enrolled.identity).map_err(|e| self.setup_error(e))?;
+        self.store_credential(&key, &enrolled.certificate_pem, &enrolled.ca_pem)?;
+        tracing::info!(node = %self.node, not_after = enrolled.not_after, "enrolled with the coordinator");
+        Ok(())
+    }
+
+    fn renew_credential(&self, current: &str) -> Result<(), ClientError> {
+        let key = crate::certs::NodeKey::generate()
+            .map_err(|e| self.setup_error(format!("generating a key: {e}")))?;
+        let body = CertificateRequestBody {
+            node: self.node.clone(),
+            csr_pem: self.csr(&key)?,
+        };
+        let resp = self
+            .blocking_with(Some(current))?
+            .post(format!("{}/v1/certificates", self.base))
+            .json(&body)
+            .send()
+            .map_err(|e| self.unreachable(e))?;
+        let signed: CertificateResponse =
+            Self::check_blocking(resp, || "renewing the client certificate".to_owned())?
+                .json()
+                .map_err(|e| self.unreachable(e))?;
+        self.store_credential(&key, &signed.certificate_pem, &signed.ca_pem)?;
+        tracing::info!(node = %self.node, not_after = signed.not_after, "renewed the coordinator client certificate");
+        Ok(())
+    }
+
+    /// A CSR naming only this node (the coordinator adds the node's own
+    /// names from the desired state).
+    fn csr(&self, key: &crate::certs::NodeKey) -> Result<String, ClientError> {
+        let request = roles::CertificateRequest {
+            name: "coordinator-client".to_owned(),
+            common_name: self.node.clone(),
+            dns_names: Vec::new(),
+            ip_addresses: Vec::new(),
+            keystore_path: String::new(),
+            owner: String::new(),
+            group: String::new(),
+            validity_seconds: 0,
+            renew_before_seconds: 0,
+            on_change: Vec::new(),
+        };
+        crate::certs::csr_pem(&request, key)
+            .map_err(|e| self.setup_error(format!("making a CSR: {e}")))
+    }
+
+    fn store_credential(
+        &self,
+        key: &crate::certs::NodeKey,
+        cert_pem: &str,
+        ca_pem: &str,
+    ) -> Result<(), ClientError> {
+        let Some((_, credential, _)) = self.tls_parts() else {
+            return Ok(());
+        };
+        let pem = crate::certs::keystore_pem(key, cert_pem, ca_pem);
+        crate::apply::atomic::write_own(credential, pem.as_bytes(), 0o600)
+            .map_err(|e| self.setup_error(format!("writing {}: {e}", credential.display())))
+    }
+
+    fn check_blocking(
+        resp: reqwest::blocking::Response,
+        what: impl FnOnce() -> String,
+    ) -> Result<reqwest::blocking::Response, ClientError> {
         let status = resp.status();
         if status.is_success() {
             Ok(resp)
@@ -101,6 +343,40 @@ impl CoordinatorClient {
                 message: message(&resp.text().unwrap_or_default()),
             })
         }
+    }
+
+    fn unreachable(&self, source: reqwest::Error) -> ClientError {
+        ClientError::Unreachable {
+            url: self.base.clone(),
+            source,
+        }
+    }
+
+    fn with_token(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.auth {
+            Auth::Token(token) => request.bearer_auth(token),
+            Auth::Tls { .. } => request,
+        }
+    }
+
+    /// Sends `body` as this node (blocking); a non-2xx answer is
+    /// `Refused` naming `what`.
+    fn send_blocking(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &impl serde::Serialize,
+        what: impl FnOnce() -> String,
+    ) -> Result<reqwest::blocking::Response, ClientError> {
+        let mut request = self
+            .blocking()?
+            .request(method, format!("{}{path}", self.base))
+            .json(body);
+        if let Auth::Token(token) = &self.auth {
+            request = request.bearer_auth(token);
+        }
+        let resp = request.send().map_err(|e| self.unreachable(e))?;
+        Self::check_blocking(resp, what)
     }
 
     /// `POST /v1/certificates` (blocking).
@@ -156,14 +432,10 @@ impl CoordinatorClient {
     }
 
     /// `POST /v1/nodes/{node}/status`.
-    pub async fn report(
-        &self,
-        client: &reqwest::Client,
-        status: &StatusReport,
-    ) -> Result<(), ClientError> {
-        let resp = client
-            .post(format!("{}/v1/nodes/{}/status", self.base, self.node))
-            .bearer_auth(&self.token)
+    pub async fn report(&self, status: &StatusReport) -> Result<(), ClientError> {
+        let client = self.async_client()?;
+        let resp = self
+            .with_token(client.post(format!("{}/v1/nodes/{}/status", self.base, self.node)))
             .json(status)
             .timeout(Duration::from_secs(10))
             .send()
@@ -183,15 +455,11 @@ impl CoordinatorClient {
 
     /// `GET /v1/nudges?after=N`: waits until the coordinator's generation
     /// passes `after` (or its poll timeout) and returns the generation.
-    pub async fn wait_for_nudge(
-        &self,
-        client: &reqwest::Client,
-        after: u64,
-    ) -> Result<u64, ClientError> {
-        let resp = client
-            .get(format!("{}/v1/nudges", self.base))
+    pub async fn wait_for_nudge(&self, after: u64) -> Result<u64, ClientError> {
+        let client = self.async_client()?;
+        let resp = self
+            .with_token(client.get(format!("{}/v1/nudges", self.base)))
             .query(&[("after", after)])
-            .bearer_auth(&self.token)
             .timeout(Duration::from_secs(90))
             .send()
             .await

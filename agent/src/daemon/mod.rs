@@ -132,13 +132,12 @@ async fn nudges(
     triggers: mpsc::Sender<Trigger>,
     stop: CancellationToken,
 ) {
-    let http = reqwest::Client::new();
     let mut seen: Option<u64> = None;
     // A poll failed (coordinator down or restarting): nudges sent meanwhile
     // were missed, so the first answer after it triggers a fetch.
     let mut missed = false;
     loop {
-        let poll = client.wait_for_nudge(&http, seen.unwrap_or(0));
+        let poll = client.wait_for_nudge(seen.unwrap_or(0));
         let result = tokio::select! {
             () = stop.cancelled() => return,
             r = poll => r,
@@ -163,13 +162,9 @@ async fn nudges(
     }
 }
 
-async fn report(
-    client: &Option<client::CoordinatorClient>,
-    http: &reqwest::Client,
-    state: &AgentState,
-) {
+async fn report(client: &Option<client::CoordinatorClient>, state: &AgentState) {
     if let Some(client) = client
-        && let Err(e) = client.report(http, &state.status()).await
+        && let Err(e) = client.report(&state.status()).await
     {
         tracing::debug!(error = %e, "status report failed; the next one catches up");
     }
@@ -202,6 +197,37 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     tracing::info!(node = %config.node, listen = %config.listen, "agent starting");
     let api = tokio::spawn(api::serve(listener, state.clone(), stop.clone()));
 
+    // A new machine enrols first: it has no identity to decrypt its
+    // secrets until the coordinator hands it over. The coordinator may not
+    // be up yet, so keep trying (and keep systemd's start timeout at bay).
+    let mut wait = Duration::from_secs(2);
+    loop {
+        let enrolled = tokio::task::spawn_blocking({
+            let config = config.clone();
+            move || reconcile::enrol_if_needed(&config)
+        })
+        .await
+        .context("the enrolment thread panicked")?;
+        match enrolled {
+            Ok(true) => {
+                tracing::info!(node = %config.node, "enrolled: identity and client certificate received");
+                break;
+            }
+            Ok(false) => break,
+            Err(e) => {
+                tracing::warn!(error = %format!("{:#}", anyhow::Error::from(e)), retry_in_seconds = wait.as_secs(), "cannot enrol yet");
+                let _ = sd_notify::notify(&[
+                    sd_notify::NotifyState::Status("enrolling with the coordinator"),
+                    sd_notify::NotifyState::ExtendTimeoutUsec(
+                        u32::try_from((wait + Duration::from_secs(30)).as_micros())
+                            .unwrap_or(u32::MAX),
+                    ),
+                ]);
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(60));
+            }
+        }
+    }
     let mut reconciler = tokio::task::spawn_blocking({
         let config = config.clone();
         move || Reconciler::new(config)
@@ -245,7 +271,6 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         });
     }
 
-    let http = reqwest::Client::new();
     let mut drift = DriftWatch {
         watcher: None,
         paths: BTreeSet::new(),
@@ -276,7 +301,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
             notified_ready = true;
         }
-        report(&client, &http, &state).await;
+        report(&client, &state).await;
 
         let (interval, jitter) = reconciler.poll_interval();
         let mut wait = interval + jitter.mul_f64(rand::thread_rng().r#gen::<f64>());
@@ -296,7 +321,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                 }
                 t = rx.recv() => break t.unwrap_or(Trigger::Timer),
                 () = tokio::time::sleep_until(deadline) => break if failures > 0 { Trigger::Retry } else { Trigger::Timer },
-                () = tokio::time::sleep(HEARTBEAT) => report(&client, &http, &state).await,
+                () = tokio::time::sleep(HEARTBEAT) => report(&client, &state).await,
             }
         };
         if matches!(trigger, Trigger::Drift(_)) {

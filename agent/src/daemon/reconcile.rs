@@ -45,6 +45,91 @@ pub enum SetupError {
     Signers(#[source] SyncError),
     #[error("the state directory")]
     Apply(#[source] crate::apply::ApplyError),
+    #[error("enrolling with the coordinator")]
+    Enrol(#[source] crate::daemon::client::ClientError),
+}
+
+/// Where an agent on mutual TLS keeps its coordinator client certificate.
+pub fn client_credential_path(config: &AgentConfig) -> PathBuf {
+    config.state_path().join("coordinator-client.pem")
+}
+
+/// The coordinator client `config` asks for: mutual TLS with `ca_file`
+/// (the join token, if still there, is used once to enrol), else the join
+/// token as a bearer token; none without a coordinator.
+pub fn coordinator_client(config: &AgentConfig) -> Result<Option<CoordinatorClient>, SetupError> {
+    let read = |file: &PathBuf| {
+        let path = config.rooted(file);
+        std::fs::read_to_string(&path).map_err(|source| SetupError::Read { path, source })
+    };
+    Ok(
+        match (
+            &config.coordinator,
+            &config.ca_file,
+            &config.join_token_file,
+        ) {
+            (Some(url), Some(ca_file), token_file) => {
+                let ca_pem = read(ca_file)?;
+                // A spent token's file is gone: the node has its certificate.
+                let token = token_file
+                    .as_ref()
+                    .and_then(|f| std::fs::read_to_string(config.rooted(f)).ok())
+                    .map(|t| t.trim().to_owned())
+                    .filter(|t| !t.is_empty());
+                Some(CoordinatorClient::tls(
+                    url,
+                    &config.node,
+                    &ca_pem,
+                    client_credential_path(config),
+                    token,
+                ))
+            }
+            (Some(url), None, Some(token_file)) => {
+                let token = read(token_file)?;
+                Some(CoordinatorClient::new(url, &config.node, token.trim()))
+            }
+            _ => None,
+        },
+    )
+}
+
+/// On mutual TLS, when this node has no identity yet: enrols with the join
+/// token, writes the identity the coordinator hands over (mode 0600) and
+/// then the client certificate, and deletes the spent join token. Returns
+/// whether it enrolled. Call it until it succeeds before
+/// [`Reconciler::new`]; nothing is written when it fails.
+pub fn enrol_if_needed(config: &AgentConfig) -> Result<bool, SetupError> {
+    let identity_path = config.rooted(&config.identity_file);
+    if config.ca_file.is_none() || identity_path.exists() {
+        return Ok(false);
+    }
+    let Some(client) = coordinator_client(config)? else {
+        return Ok(false);
+    };
+    client
+        .enrol_with(|identity| {
+            crate::apply::atomic::write_own(&identity_path, identity.as_bytes(), 0o600)
+                .map_err(|e| format!("writing {}: {e}", identity_path.display()))
+        })
+        .map_err(SetupError::Enrol)?;
+    forget_spent_token(config);
+    Ok(true)
+}
+
+/// Deletes the join token file once this node holds a client certificate
+/// (the token was spent by the enrolment).
+pub fn forget_spent_token(config: &AgentConfig) {
+    if config.ca_file.is_none() || !client_credential_path(config).exists() {
+        return;
+    }
+    if let Some(token_file) = &config.join_token_file {
+        let path = config.rooted(token_file);
+        if let Err(e) = std::fs::remove_file(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %path.display(), error = %e, "cannot delete the spent join token");
+        }
+    }
 }
 
 /// What one reconcile found and did.
@@ -154,6 +239,7 @@ impl Reconciler {
         config: AgentConfig,
         services: Arc<dyn ServiceManager>,
     ) -> Result<Self, SetupError> {
+        let client = coordinator_client(&config)?;
         let identity_path = config.rooted(&config.identity_file);
         let identity_text =
             std::fs::read_to_string(&identity_path).map_err(|source| SetupError::Read {
@@ -169,15 +255,6 @@ impl Reconciler {
         let state_dir = config.state_path();
         let applier = Applier::new(config.root.clone(), state_dir.clone(), services.clone())
             .map_err(SetupError::Apply)?;
-        let client = match (&config.coordinator, &config.join_token_file) {
-            (Some(url), Some(token_file)) => {
-                let path = config.rooted(token_file);
-                let token = std::fs::read_to_string(&path)
-                    .map_err(|source| SetupError::Read { path, source })?;
-                Some(CoordinatorClient::new(url, &config.node, token.trim()))
-            }
-            _ => None,
-        };
         let applied = std::fs::read(state_dir.join("applied.json"))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
@@ -490,6 +567,16 @@ impl Reconciler {
             files_written: 0,
             restarts: 0,
         };
+        // On mutual TLS: enrol (a node that already had its identity, such
+        // as the coordinator's own) or renew the client certificate.
+        if let Some(client) = &self.client
+            && self.config.ca_file.is_some()
+        {
+            match client.ensure_enrolled() {
+                Ok(_) => forget_spent_token(&self.config),
+                Err(e) => tracing::debug!(error = %e, "not enrolled with the coordinator yet"),
+            }
+        }
         // A drift repair needs no fetch: put the applied plan back.
         let fetch = !(matches!(trigger, Trigger::Drift(_)) && self.current.is_some());
         let mut head = None;

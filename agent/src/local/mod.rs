@@ -7,12 +7,16 @@
 //! default route and no NAT: a node reaches only the bridge. A bare git
 //! repository, seeded from the source directory with the local override
 //! applied ([`overlay`]), is served by `git daemon` on the bridge; its
-//! `post-receive` hook calls the coordinator's webhook. Into each node the
-//! harness writes what cloud-init writes on EC2 (the agent binary, its
-//! config, the identity and the join token, and the agent's unit as the
-//! roles render it); the agent then does everything else exactly as on a
-//! VM: it pulls the repository, installs Kafka from the (file) URL, writes
-//! the files, asks the coordinator for its certificate and starts units.
+//! `post-receive` hook calls the coordinator's webhook. Each node boots the
+//! same cloud-init user-data `kraftops-bootstrap` gives an EC2 machine
+//! ([`roles::cloud_init::user_data`]), through cloud-init's NoCloud
+//! datasource: real cloud-init writes the agent's config, the pinned CA and
+//! the single-use join token (and, on the observability node only, the
+//! identity), installs the agent binary from its (file) URL after checking
+//! its sha256, and starts it. The agent then does everything else exactly
+//! as on a VM: it enrols with the coordinator over mutual TLS (receiving
+//! its identity), pulls the repository, installs Kafka from the (file) URL,
+//! writes the files, obtains its certificates and starts units.
 //!
 //! Everything made lives under the state directory (default
 //! `/var/lib/kraftops-local`) and under names starting with `kraftops`
@@ -29,7 +33,7 @@ use std::fmt::Write as _;
 use std::fs;
 use std::io::{Read as _, Write as _};
 use std::net::Ipv4Addr;
-use std::os::unix::fs::{PermissionsExt as _, symlink};
+use std::os::unix::fs::symlink;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -38,7 +42,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context as _, bail};
 use desired_state::{FileSet, Identity, Model, Role};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha512};
+use sha2::Sha512;
 
 use crate::protocol::NodeView;
 pub use overlay::{LocalArtifacts, LocalOverride};
@@ -81,6 +85,11 @@ impl Layout {
     }
     /// The bare repository the nodes pull from; `git push` to it changes
     /// the local cluster.
+    /// What the nodes may read of the state directory (read-only).
+    pub fn artifacts_dir(&self) -> PathBuf {
+        self.dir.join("artifacts")
+    }
+
     pub fn bare_repo(&self) -> PathBuf {
         self.git_dir().join("cluster.git")
     }
@@ -99,6 +108,11 @@ pub struct ClusterState {
     pub artifacts_kafka_sha512: String,
     pub artifacts_jmx_url: String,
     pub artifacts_jmx_sha512: String,
+    /// The agent binary the nodes' cloud-init installs (file URL, sha256).
+    #[serde(default)]
+    pub artifacts_agent_url: String,
+    #[serde(default)]
+    pub artifacts_agent_sha256: String,
     pub bridge_address: Ipv4Addr,
     pub prefix: u8,
     pub git_url: String,
@@ -195,8 +209,17 @@ fn read_identity(path: &Path) -> anyhow::Result<Identity> {
 
 /// sha512 (hex) of the file at `path`.
 pub fn sha512_file(path: &Path) -> anyhow::Result<String> {
+    digest_file::<Sha512>(path)
+}
+
+/// sha256 (hex) of the file at `path`.
+pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
+    digest_file::<sha2::Sha256>(path)
+}
+
+fn digest_file<D: sha2::Digest>(path: &Path) -> anyhow::Result<String> {
     let mut f = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut hasher = Sha512::new();
+    let mut hasher = D::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = f
@@ -208,6 +231,14 @@ pub fn sha512_file(path: &Path) -> anyhow::Result<String> {
         hasher.update(&buf[..n]);
     }
     Ok(hex::encode(hasher.finalize()))
+}
+
+/// The local range (`network.to`) of the override file at `path`.
+fn override_network(path: &Path) -> anyhow::Result<desired_state::types::Cidr> {
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(LocalOverride::parse(&path.display().to_string(), &text)?
+        .network
+        .to)
 }
 
 fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
@@ -230,13 +261,15 @@ fn require_tools() -> anyhow::Result<()> {
         "nsenter",
         "curl",
         "openssl",
+        "cloud-init",
+        "sha256sum",
     ] {
         let found = std::env::var_os("PATH")
             .map(|paths| std::env::split_paths(&paths).any(|d| d.join(tool).is_file()))
             .unwrap_or(false);
         if !found {
             bail!(
-                "{tool} is not installed (Debian: systemd-container, iproute2, git, mount, util-linux, curl, openssl; `scripts/install-deps` installs them)"
+                "{tool} is not installed (Debian: systemd-container, iproute2, git, mount, util-linux, curl, openssl, cloud-init, coreutils; `scripts/install-deps` installs them)"
             );
         }
     }
@@ -281,23 +314,42 @@ pub fn up(layout: &Layout, opts: &UpOptions) -> anyhow::Result<(ClusterState, Ve
 
     let kafka_tarball = absolute(&opts.kafka_tarball)?;
     let jmx_jar = absolute(&opts.jmx_jar)?;
+    // The nodes cannot see the state directory (a tmpfs hides it) except
+    // its artifacts/ directory, bound read-only: the agent binary is staged
+    // there, so cloud-init fetches the very bytes whose sha256 is in git.
+    let agent_binary = layout.artifacts_dir().join("kraftops-agent");
+    fs::create_dir_all(layout.artifacts_dir())
+        .with_context(|| format!("creating {}", layout.artifacts_dir().display()))?;
+    fs::copy(&opts.agent_binary, &agent_binary).with_context(|| {
+        format!(
+            "copying the agent binary {} to {}",
+            opts.agent_binary.display(),
+            agent_binary.display()
+        )
+    })?;
+    let bridge_address =
+        Ipv4Addr::from(u32::from(override_network(&opts.override_file)?.network()) | 1);
+    let git_url = format!("git://{bridge_address}:{GIT_PORT}/cluster.git");
     let artifacts = LocalArtifacts {
         kafka_url: file_url(&kafka_tarball),
         kafka_sha512: sha512_file(&kafka_tarball)?,
         jmx_exporter_url: file_url(&jmx_jar),
         jmx_exporter_sha512: sha512_file(&jmx_jar)?,
+        agent_url: file_url(&agent_binary),
+        agent_sha256: sha256_file(&agent_binary)?,
+        repository_url: git_url.clone(),
     };
     let source = absolute(&opts.source)?;
     let override_file = absolute(&opts.override_file)?;
     let (files, model, over, identity_file) =
         local_repository(&source, &override_file, &artifacts)?;
     let identity = read_identity(&identity_file)?;
-    let secrets = model
+    // Every secret must decrypt: the nodes will need them.
+    model
         .decrypt_all(&identity)
         .with_context(|| format!("decrypting the secrets with {}", identity_file.display()))?;
 
     let to = &over.network.to;
-    let bridge_address = Ipv4Addr::from(u32::from(to.network()) | 1);
     if let Some(n) = model
         .nodes
         .iter()
@@ -338,9 +390,11 @@ pub fn up(layout: &Layout, opts: &UpOptions) -> anyhow::Result<(ClusterState, Ve
         artifacts_kafka_sha512: artifacts.kafka_sha512.clone(),
         artifacts_jmx_url: artifacts.jmx_exporter_url.clone(),
         artifacts_jmx_sha512: artifacts.jmx_exporter_sha512.clone(),
+        artifacts_agent_url: artifacts.agent_url.clone(),
+        artifacts_agent_sha256: artifacts.agent_sha256.clone(),
         bridge_address,
         prefix: to.prefix(),
-        git_url: format!("git://{bridge_address}:{GIT_PORT}/cluster.git"),
+        git_url,
         coordinator_url: coordinator_url.clone(),
         prometheus_url: observability
             .map(|n| format!("http://{}:{}", n.address.value, ports.prometheus)),
@@ -370,21 +424,28 @@ pub fn up(layout: &Layout, opts: &UpOptions) -> anyhow::Result<(ClusterState, Ve
         &format!("git server on {} at {}", state.git_url, &head[..12]),
     );
 
-    // The nodes.
+    // The nodes: each boots the user-data kraftops-bootstrap gives an EC2
+    // machine, through cloud-init's NoCloud datasource.
     ensure_nspawn_runtime()?;
-    let hosts = hosts_file(&state);
+    let identity_text = fs::read_to_string(&identity_file)
+        .with_context(|| format!("reading {}", identity_file.display()))?;
+    let identity_secret = desired_state::SecretValue::new(identity_text.trim().to_owned());
     for (i, node) in state.nodes.clone().iter().enumerate() {
-        let plan = roles::render(&model, &node.name, &secrets)
-            .with_context(|| format!("rendering {}", node.name))?;
-        let agent_unit = plan
-            .unit(roles::layout::AGENT_UNIT)
-            .with_context(|| format!("{} renders no {}", node.name, roles::layout::AGENT_UNIT))?;
         let token_name =
             desired_state::types::Name::try_from(crate::init::join_token_secret(&node.name))
                 .map_err(|e| anyhow::anyhow!("join token name of {}: {e}", node.name))?;
         let token = model
             .decrypt(&token_name, &identity)
             .with_context(|| format!("decrypting the join token of {}", node.name))?;
+        let user_data = roles::cloud_init::user_data(
+            &model,
+            &node.name,
+            &roles::UserDataSecrets {
+                join_token: &token,
+                identity: (node.role == Role::Observability.as_str()).then_some(&identity_secret),
+            },
+        )
+        .with_context(|| format!("rendering the user-data of {}", node.name))?;
         host::node_network(
             &node.netns,
             BRIDGE,
@@ -396,21 +457,8 @@ pub fn up(layout: &Layout, opts: &UpOptions) -> anyhow::Result<(ClusterState, Ve
         let dir = layout.node_dir(&node.name);
         host::mount_overlay(&dir.join("upper"), &dir.join("work"), &root)
             .with_context(|| format!("the root filesystem of {}", node.name))?;
-        prepare_root(
-            &root,
-            node,
-            &state,
-            &NodeFiles {
-                hosts: &hosts,
-                agent_unit: &agent_unit.contents,
-                agent_binary: &opts.agent_binary,
-                identity: &identity_file,
-                join_token: token.expose(),
-                poll_interval: &model.cluster.agent.poll_interval.to_string(),
-                agent_port: ports.agent,
-            },
-        )
-        .with_context(|| format!("preparing the root of {}", node.name))?;
+        prepare_root(&root, node, &user_data)
+            .with_context(|| format!("preparing the root of {}", node.name))?;
         let pid = boot(layout, node)?;
         if let Some(n) = state.nodes.iter_mut().find(|n| n.name == node.name) {
             n.nspawn_pid = Some(pid);
@@ -437,30 +485,9 @@ fn ensure_nspawn_runtime() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn hosts_file(state: &ClusterState) -> String {
-    let mut out = String::from(
-        "# Written by kraftops-agent local up.\n127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n",
-    );
-    let _ = writeln!(out, "{} kraftops-local-host", state.bridge_address);
-    for n in &state.nodes {
-        let _ = writeln!(out, "{} {} {}", n.address, n.fqdn, n.name);
-    }
-    out
-}
-
-struct NodeFiles<'a> {
-    hosts: &'a str,
-    agent_unit: &'a str,
-    agent_binary: &'a Path,
-    identity: &'a Path,
-    join_token: &'a str,
-    poll_interval: &'a str,
-    agent_port: u16,
-}
-
-/// Unit name prefixes a node keeps from the host: systemd's own, D-Bus and
-/// consoles. Every other service, timer, socket or path unit the host
-/// enables is masked in the node's overlay.
+/// Unit name prefixes a node keeps from the host: systemd's own, D-Bus,
+/// consoles and cloud-init. Every other service, timer, socket or path unit
+/// the host enables is masked in the node's overlay.
 const KEEP_UNITS: &[&str] = &[
     "systemd-",
     "dbus",
@@ -468,6 +495,7 @@ const KEEP_UNITS: &[&str] = &[
     "console-getty",
     "serial-getty",
     "container-getty",
+    "cloud-",
     "kraftops-",
 ];
 
@@ -483,14 +511,27 @@ const HOST_PATHS_HIDDEN: &[&str] = &[
     "etc/prometheus",
     "etc/alertmanager",
     "var/lib/prometheus",
+    "var/lib/cloud",
+    "etc/cloud/cloud.cfg.d/90-kraftops-local.cfg",
+    "etc/cloud/cloud-init.disabled",
+    "usr/local/bin/kraftops-agent",
 ];
 
-fn prepare_root(
-    root: &Path,
-    node: &NodeState,
-    state: &ClusterState,
-    files: &NodeFiles<'_>,
-) -> anyhow::Result<()> {
+/// cloud-init's settings in a local node: only the NoCloud seed, and no
+/// network configuration (the harness has set the node's address).
+const CLOUD_CFG: &str = "# Written by kraftops-agent local up: boot from the NoCloud seed only;\n\
+# the node's network is set up by the harness.\n\
+datasource_list: [NoCloud]\n\
+network: {config: disabled}\n\
+# The host's locales are the node's; do not regenerate them.\n\
+locale: false\n";
+
+/// Makes `root` (the node's overlay) boot like a new EC2 machine: a fresh
+/// machine id, the host's services masked, and `user_data` (what
+/// `kraftops-bootstrap` gives the machine on EC2) as cloud-init's NoCloud
+/// seed. cloud-init then writes the agent's files, installs the agent
+/// binary and starts it, exactly as on EC2.
+fn prepare_root(root: &Path, node: &NodeState, user_data: &str) -> anyhow::Result<()> {
     for p in HOST_PATHS_HIDDEN {
         let path = root.join(p);
         if path.symlink_metadata().is_ok() {
@@ -502,88 +543,35 @@ fn prepare_root(
             removed.with_context(|| format!("hiding the host's /{p}"))?;
         }
     }
-    let write = |rel: &str, contents: &[u8], mode: u32| -> anyhow::Result<()> {
-        let path = root.join(rel);
-        if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-        }
-        if path
-            .symlink_metadata()
-            .is_ok_and(|m| m.file_type().is_symlink())
-        {
-            fs::remove_file(&path).with_context(|| format!("replacing {}", path.display()))?;
-        }
-        fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(mode))
-            .with_context(|| format!("setting the mode of {}", path.display()))
-    };
-    write("etc/hostname", format!("{}\n", node.name).as_bytes(), 0o644)?;
-    write("etc/hosts", files.hosts.as_bytes(), 0o644)?;
+    let write = |rel: &str, contents: &[u8], mode: u32| write_file(&root.join(rel), contents, mode);
     let machine_id = hex::encode(rand::random::<[u8; 16]>());
     write(
         "etc/machine-id",
         format!("{machine_id}\n").as_bytes(),
         0o444,
     )?;
-    let agent_config = format!(
-        "# Written by kraftops-agent local up (cloud-init writes it on EC2).\n\
-         node: {name}\n\
-         repository:\n  url: {git}\n  branch: main\n\
-         poll_interval: {poll}\n\
-         coordinator: {coordinator}\n\
-         join_token_file: /etc/kraftops/join-token\n\
-         identity_file: /etc/kraftops/age-identity\n\
-         listen: {address}:{port}\n\
-         api_token_file: /etc/kraftops/api-token\n",
-        name = node.name,
-        git = state.git_url,
-        poll = files.poll_interval,
-        coordinator = state.coordinator_url,
-        address = node.address,
-        port = files.agent_port,
-    );
-    write("etc/kraftops/agent.yaml", agent_config.as_bytes(), 0o644)?;
-    let identity = fs::read(files.identity)
-        .with_context(|| format!("reading {}", files.identity.display()))?;
-    write("etc/kraftops/age-identity", &identity, 0o600)?;
+    write("etc/hostname", format!("{}\n", node.name).as_bytes(), 0o644)?;
     write(
-        "etc/kraftops/join-token",
-        files.join_token.as_bytes(),
-        0o600,
-    )?;
-    write("etc/kraftops/api-token", api_token(state).as_bytes(), 0o600)?;
-    let binary = fs::read(files.agent_binary)
-        .with_context(|| format!("reading the agent binary {}", files.agent_binary.display()))?;
-    write("usr/local/bin/kraftops-agent", &binary, 0o755)?;
-    let unit_dir = root.join("etc/systemd/system");
-    mask_host_units(root, &unit_dir)?;
-    write(
-        &format!("etc/systemd/system/{}", roles::layout::AGENT_UNIT),
-        files.agent_unit.as_bytes(),
+        "etc/cloud/cloud.cfg.d/90-kraftops-local.cfg",
+        CLOUD_CFG.as_bytes(),
         0o644,
     )?;
-    let wants = unit_dir.join("multi-user.target.wants");
-    fs::create_dir_all(&wants).with_context(|| format!("creating {}", wants.display()))?;
-    let link = wants.join(roles::layout::AGENT_UNIT);
-    if link.symlink_metadata().is_err() {
-        symlink(
-            format!("/etc/systemd/system/{}", roles::layout::AGENT_UNIT),
-            &link,
+    write(
+        "var/lib/cloud/seed/nocloud/meta-data",
+        format!(
+            "instance-id: kraftops-local-{}-{machine_id}\nlocal-hostname: {}\n",
+            node.name, node.name
         )
-        .with_context(|| format!("enabling {}", link.display()))?;
-    }
-    Ok(())
-}
-
-/// One token for every agent's `POST /v1/reconcile` in the local cluster
-/// (kept in the state directory).
-fn api_token(state: &ClusterState) -> String {
-    let digest = Sha512::digest(format!(
-        "kraftops-local:{}:{}",
-        state.source.display(),
-        state.artifacts_kafka_sha512
-    ));
-    hex::encode(&digest[..16])
+        .as_bytes(),
+        0o644,
+    )?;
+    write(
+        "var/lib/cloud/seed/nocloud/user-data",
+        user_data.as_bytes(),
+        0o600,
+    )?;
+    let unit_dir = root.join("etc/systemd/system");
+    mask_host_units(root, &unit_dir)
 }
 
 fn mask_host_units(root: &Path, unit_dir: &Path) -> anyhow::Result<()> {
@@ -644,7 +632,9 @@ fn boot(layout: &Layout, node: &NodeState) -> anyhow::Result<u32> {
             node.netns
         ))
         // The node must not see the other nodes' layers or the git server.
-        .arg(format!("--tmpfs={}:mode=0700", layout.dir.display()))
+        .arg(format!("--tmpfs={}:mode=0755", layout.dir.display()))
+        // …but for the artifacts cloud-init installs from.
+        .arg(format!("--bind-ro={}", layout.artifacts_dir().display()))
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(err)
@@ -798,6 +788,9 @@ pub fn push(
         kafka_sha512: state.artifacts_kafka_sha512.clone(),
         jmx_exporter_url: state.artifacts_jmx_url.clone(),
         jmx_exporter_sha512: state.artifacts_jmx_sha512.clone(),
+        agent_url: state.artifacts_agent_url.clone(),
+        agent_sha256: state.artifacts_agent_sha256.clone(),
+        repository_url: state.git_url.clone(),
     };
     let files = match local_repository(source, &state.override_file, &artifacts) {
         Ok((files, ..)) => files,
@@ -969,14 +962,7 @@ pub fn node_views(state: &ClusterState) -> anyhow::Result<Vec<NodeView>> {
 /// Writes `contents` to `path` with the applier's atomic write (temporary
 /// file, fsync, rename, fsync the directory), owned by this process.
 fn write_file(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let own = crate::apply::atomic::Ownership {
-        uid: nix::unistd::geteuid().as_raw(),
-        gid: nix::unistd::getegid().as_raw(),
-        mode,
-    };
-    crate::apply::atomic::write_atomic(path, contents, own)
+    crate::apply::atomic::write_own(path, contents, mode)
         .with_context(|| format!("writing {}", path.display()))
 }
 
@@ -1075,6 +1061,7 @@ pub fn status(layout: &Layout) -> anyhow::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
 
     #[test]
     fn write_file_creates_the_directory_and_replaces_with_the_mode() {

@@ -5,7 +5,8 @@
 //! secrets, moves every address of `network.from` onto `network.to` (the
 //! local bridge's range), shrinks the heaps, and turns Grafana off (it is not
 //! in Debian). The harness adds the Kafka distribution and the JMX exporter
-//! it assembled (file URLs and their sha512). [`LocalOverride::apply`] returns the files of
+//! it assembled (file URLs and their sha512), the agent binary the nodes'
+//! cloud-init installs (file URL and sha256) and the local git server's URL. [`LocalOverride::apply`] returns the files of
 //! the repository the local git server serves; the caller validates them
 //! with the same loader the agents use.
 
@@ -54,13 +55,19 @@ pub struct Heaps {
     pub connect: Option<HeapSize>,
 }
 
-/// What the harness assembled, pointed to by file URLs.
+/// What the harness assembled, pointed to by file URLs, and where the
+/// local git server serves the repository.
 #[derive(Clone, Debug)]
 pub struct LocalArtifacts {
     pub kafka_url: String,
     pub kafka_sha512: String,
     pub jmx_exporter_url: String,
     pub jmx_exporter_sha512: String,
+    /// The agent binary the nodes' cloud-init installs.
+    pub agent_url: String,
+    pub agent_sha256: String,
+    /// The repository the nodes follow (the local git server).
+    pub repository_url: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,10 +151,18 @@ impl LocalOverride {
         let observability = object_at(root, "cluster.yaml", "observability")?;
         object_at(observability, "cluster.yaml", "observability.grafana")?
             .insert("enabled".to_owned(), Value::from(self.grafana));
+        let agent = object_at(root, "cluster.yaml", "agent")?;
         if let Some(poll) = &self.poll_interval {
-            object_at(root, "cluster.yaml", "agent")?
-                .insert("poll_interval".to_owned(), Value::from(poll.to_string()));
+            agent.insert("poll_interval".to_owned(), Value::from(poll.to_string()));
         }
+        agent.insert(
+            "binary".to_owned(),
+            serde_json::json!({ "url": artifacts.agent_url, "sha256": artifacts.agent_sha256 }),
+        );
+        agent.insert(
+            "repository".to_owned(),
+            serde_json::json!({ "url": artifacts.repository_url, "branch": "main" }),
+        );
 
         out.insert(
             "cluster.yaml".to_owned(),
@@ -293,6 +308,9 @@ mod tests {
             kafka_sha512: "ab".repeat(64),
             jmx_exporter_url: "file:///j.jar".to_owned(),
             jmx_exporter_sha512: "cd".repeat(64),
+            agent_url: "file:///a/kraftops-agent".to_owned(),
+            agent_sha256: "ef".repeat(32),
+            repository_url: "git://10.213.0.1:9418/cluster.git".to_owned(),
         };
         let out = over().apply(&files, &artifacts).expect("applies");
         let cluster: Value =
@@ -306,6 +324,15 @@ mod tests {
         assert_eq!(cluster["kafka"]["version"], "4.1.1");
         assert_eq!(cluster["broker"]["heap"], "256m");
         assert_eq!(cluster["observability"]["grafana"]["enabled"], false);
+        assert_eq!(
+            cluster["agent"]["binary"]["url"],
+            "file:///a/kraftops-agent"
+        );
+        assert_eq!(cluster["agent"]["binary"]["sha256"], "ef".repeat(32));
+        assert_eq!(
+            cluster["agent"]["repository"]["url"],
+            "git://10.213.0.1:9418/cluster.git"
+        );
         let nodes: Value =
             serde_saphyr::from_slice(&out["nodes.yaml"]).expect("nodes.yaml is YAML");
         assert_eq!(nodes["nodes"][0]["address"], "10.213.1.11");
