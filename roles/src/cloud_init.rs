@@ -35,7 +35,7 @@ pub const AGENT_DOWNLOAD: &str = "/usr/local/bin/.kraftops-agent.download";
 /// Java for Kafka, installed at first boot unless the image has one.
 pub const JAVA_PACKAGE: &str = "openjdk-17-jre-headless";
 
-const HOSTS_FILE: &str = "/etc/hosts";
+const HOSTS_FILE: &str = crate::layout::HOSTS;
 const WRITTEN_BY: &str = "Written by cloud-init from kraftops user-data.";
 
 /// The secrets a node's user-data carries.
@@ -129,7 +129,7 @@ pub fn user_data(
         .single_line(&format!("join token of {name}"))?;
 
     let mut write_files = vec![
-        WriteFile::new(HOSTS_FILE, Mode::Public, hosts(model)),
+        WriteFile::new(HOSTS_FILE, Mode::Public, crate::common::hosts(model)),
         WriteFile::new(layout::AGENT_CONFIG, Mode::Public, agent_yaml),
         WriteFile::new(CA_FILE, Mode::Public, model.ca_certificate.clone()),
         WriteFile::new(JOIN_TOKEN_FILE, Mode::Private, format!("{join_token}\n")),
@@ -219,25 +219,6 @@ fn install_script(url: &str, sha256: &str, download: &str, bin: &str) -> String 
         sha256 = shell_quote(sha256),
         bin = shell_quote(bin),
     )
-}
-
-/// `/etc/hosts`: loopback, then every node as `<address> <fqdn> <name>`, in
-/// `nodes.yaml` order.
-fn hosts(model: &Model) -> String {
-    let mut text = format!(
-        "# {WRITTEN_BY} Every node of nodes.yaml.\n\
-         127.0.0.1 localhost\n\
-         ::1 localhost ip6-localhost ip6-loopback\n"
-    );
-    for node in model.nodes.iter().map(|n| &n.value) {
-        text.push_str(&format!(
-            "{} {} {}\n",
-            node.address.value,
-            model.fqdn(node),
-            node.name.as_str()
-        ));
-    }
-    text
 }
 
 /// The agent's unit exactly as the node's plan has it. The common part of

@@ -1,4 +1,5 @@
-//! What every node gets whatever its role: the cluster CA, node_exporter,
+//! What every node gets whatever its role: the cluster CA, `/etc/hosts`
+//! naming every node, node_exporter,
 //! the agent's own unit, and on Kafka JVM nodes the `kafka` user with the
 //! directories Kafka runs in.
 
@@ -31,9 +32,35 @@ pub(crate) fn render(ctx: &Ctx<'_>, plan: &mut Plan) -> Result<(), RenderError> 
         plan.directories
             .push(kafka::kafka_dir(layout::KAFKA_LOG_DIR));
     }
+    plan.files.push(PlannedFile::config(
+        layout::HOSTS,
+        hosts(ctx.model),
+        OnChange::Nothing,
+    ));
     plan.units.push(node_exporter_unit(ctx)?);
     plan.units.push(agent_unit(ctx)?);
     Ok(())
+}
+
+/// `/etc/hosts`: loopback, then every node as `<address> <fqdn> <name>`, in
+/// `nodes.yaml` order. The user-data writes the same bytes, so a new
+/// machine's first reconcile leaves it alone; a node added later reaches
+/// every machine's file with the next commit.
+pub(crate) fn hosts(model: &desired_state::Model) -> String {
+    let mut text = format!(
+        "# {MANAGED_HEADER}\n# Every node of nodes.yaml: there is no DNS for the cluster's names.\n\
+         127.0.0.1 localhost\n\
+         ::1 localhost ip6-localhost ip6-loopback\n"
+    );
+    for node in model.nodes.iter().map(|n| &n.value) {
+        text.push_str(&format!(
+            "{} {} {}\n",
+            node.address.value,
+            model.fqdn(node),
+            node.name.as_str()
+        ));
+    }
+    text
 }
 
 /// Whether the node runs a Kafka JVM (and so the `kafka` user).

@@ -41,6 +41,9 @@ pub const GRAFANA_UNIT: &str = "grafana.service";
 /// The agent's binary and its own configuration (written by cloud-init, not by a Plan).
 pub const AGENT_BIN: &str = "/usr/local/bin/kraftops-agent";
 pub const AGENT_CONFIG: &str = "/etc/kraftops/agent.yaml";
+/// Every node by name: there is no DNS on a plain VPC, so the agents keep
+/// this file (cloud-init writes the first one).
+pub const HOSTS: &str = "/etc/hosts";
 pub const AGENT_STATE_DIR: &str = "/var/lib/kraftops";
 
 /// Binaries from Debian packages.

@@ -434,6 +434,21 @@ fn agent_unit_is_the_one_in_the_nodes_plan() {
 }
 
 #[test]
+fn hosts_is_the_one_the_agents_keep() {
+    let (model, secrets) = support::load_example();
+    let (_, docs) = render_example();
+    for (node, text) in &docs {
+        let plan = roles::render(&model, node, &secrets).expect("plan renders");
+        let hosts = plan.file("/etc/hosts").expect("the plan keeps /etc/hosts");
+        assert_eq!(
+            content(&parse(text), "/etc/hosts").as_bytes(),
+            hosts.contents.as_slice(),
+            "{node}: the first reconcile would rewrite /etc/hosts"
+        );
+    }
+}
+
+#[test]
 fn runcmd_installs_java_where_a_jvm_runs_then_the_agent() {
     let (model, docs) = render_example();
     for (node, text) in &docs {
