@@ -350,3 +350,52 @@ async fn the_token_is_never_sent_to_a_coordinator_of_another_ca_and_foreign_clie
         "{refused}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stalls_mid_request_is_dropped() {
+    use rustls::pki_types::pem::PemObject as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let (model, identity, identity_text) = example();
+    let (view, ca) = view_of(&model, &identity).expect("the example's view");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let running = start(view, Arc::new(ca), &identity_text, dir.path().join("spent")).await;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(running.ca_pem.as_bytes()) {
+        roots.add(cert.expect("CA PEM")).expect("a root");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let address = running.tls_url.trim_start_matches("https://").to_owned();
+    let tcp = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connects");
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").expect("a name"),
+            tcp,
+        )
+        .await
+        .expect("the handshake succeeds");
+    // Half a request, then nothing.
+    tls.write_all(b"POST /v1/enrol HTTP/1.1\r\nHost: localhost\r\n")
+        .await
+        .expect("writes");
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 512];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(45), tls.read(&mut buf)).await;
+    let waited = started.elapsed().as_secs();
+    assert!(
+        read.is_ok(),
+        "the connection was still open after {waited} s"
+    );
+    assert!(
+        waited >= 25,
+        "dropped after {waited} s, before the 30 s header timeout"
+    );
+}

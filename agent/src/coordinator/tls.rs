@@ -181,7 +181,10 @@ pub async fn serve_tls(
             let peer = PeerNode(peer_node(tls.get_ref().1.peer_certificates()));
             let app = app.layer(Extension(peer));
             let service = hyper_util::service::TowerToHyperService::new(app);
+            // The timer makes hyper's 30 s limit on reading a request's
+            // headers apply: a client that stalls mid-request is dropped.
             let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
                 .serve_connection(hyper_util::rt::TokioIo::new(tls), service);
             tokio::pin!(connection);
             tokio::select! {
