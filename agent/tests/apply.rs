@@ -188,17 +188,7 @@ fn seed_plan(node: &str) -> Plan {
 }
 
 fn empty_plan() -> Plan {
-    Plan {
-        node: "test-1".to_owned(),
-        role: Role::Broker,
-        users: Vec::new(),
-        directories: Vec::new(),
-        artifacts: Vec::new(),
-        files: Vec::new(),
-        certificates: Vec::new(),
-        units: Vec::new(),
-        masked_units: Vec::new(),
-    }
+    Plan::empty("test-1", Role::Broker)
 }
 
 fn file(path: &str, contents: &str, on_change: OnChange) -> PlannedFile {

@@ -304,19 +304,14 @@ async fn the_token_is_never_sent_to_a_coordinator_of_another_ca_and_foreign_clie
 
     // A client certificate of another CA is refused at the handshake.
     let key = certs::NodeKey::generate().expect("key");
-    let request = roles::CertificateRequest {
-        name: "x".to_owned(),
-        common_name: "broker-3".to_owned(),
-        dns_names: vec!["broker-3.kafka.internal".to_owned()],
-        ip_addresses: Vec::new(),
-        keystore_path: String::new(),
-        owner: String::new(),
-        group: String::new(),
-        validity_seconds: 3600,
-        renew_before_seconds: 0,
-        on_change: Vec::new(),
-    };
-    let csr = certs::csr_pem(&request, &key).expect("csr");
+    let csr = certs::csr_for_names(
+        "x",
+        "broker-3",
+        &["broker-3.kafka.internal".to_owned()],
+        &[],
+        &key,
+    )
+    .expect("csr");
     let forged = foreign
         .sign(
             &csr,

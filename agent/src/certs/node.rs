@@ -14,7 +14,7 @@
 //! or at once when the certificate's names no longer match the request.
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SanType};
 use roles::CertificateRequest;
@@ -76,14 +76,32 @@ impl NodeKey {
 /// `dns_names` then `ip_addresses`. No other extension is requested; the CA
 /// decides usages and validity.
 pub fn csr_pem(req: &CertificateRequest, key: &NodeKey) -> Result<String, CertError> {
+    csr_for_names(
+        &req.name,
+        &req.common_name,
+        &req.dns_names,
+        &req.ip_addresses,
+        key,
+    )
+}
+
+/// A CSR with these names, signed with `key` (see [`csr_pem`]); `what`
+/// names it in errors.
+pub fn csr_for_names(
+    what: &str,
+    common_name: &str,
+    dns_names: &[String],
+    ip_addresses: &[Ipv4Addr],
+    key: &NodeKey,
+) -> Result<String, CertError> {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, req.common_name.as_str());
+    dn.push(DnType::CommonName, common_name);
     params.distinguished_name = dn;
-    for name in &req.dns_names {
+    for name in dns_names {
         let ia5 = rcgen::string::Ia5String::try_from(name.as_str()).map_err(|source| {
             CertError::RequestValue {
-                name: req.name.clone(),
+                name: what.to_owned(),
                 field: "DNS name",
                 value: name.clone(),
                 source,
@@ -92,12 +110,12 @@ pub fn csr_pem(req: &CertificateRequest, key: &NodeKey) -> Result<String, CertEr
         params.subject_alt_names.push(SanType::DnsName(ia5));
     }
     params.subject_alt_names.extend(
-        req.ip_addresses
+        ip_addresses
             .iter()
             .map(|ip| SanType::IpAddress(IpAddr::V4(*ip))),
     );
     let build = |source| CertError::BuildCsr {
-        name: req.name.clone(),
+        name: what.to_owned(),
         source,
     };
     params

@@ -120,27 +120,11 @@ pub fn coordinator_keystore(
         dns_names,
         ips,
     };
-    let request = roles::CertificateRequest {
-        name: "coordinator".to_owned(),
-        common_name: node.to_owned(),
-        dns_names: identity.dns_names.clone(),
-        ip_addresses: identity
-            .ips
-            .iter()
-            .filter_map(|ip| match ip {
-                IpAddr::V4(v4) => Some(*v4),
-                IpAddr::V6(_) => None,
-            })
-            .collect(),
-        keystore_path: String::new(),
-        owner: String::new(),
-        group: String::new(),
-        validity_seconds: view.cert_validity.as_secs(),
-        renew_before_seconds: 0,
-        on_change: Vec::new(),
-    };
+    // The CA gives the certificate `identity`'s names; the CSR only
+    // carries the key.
     let key = crate::certs::NodeKey::generate().context("generating the coordinator's key")?;
-    let csr = crate::certs::csr_pem(&request, &key).context("the coordinator's CSR")?;
+    let csr = crate::certs::csr_for_names("coordinator", node, &[], &[], &key)
+        .context("the coordinator's CSR")?;
     let signed = ca
         .sign(&csr, &identity, view.cert_validity.as_secs(), now)
         .context("signing the coordinator's certificate")?;
