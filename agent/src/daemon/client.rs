@@ -55,11 +55,15 @@ enum Auth {
 }
 
 /// A coordinator at `base`, called as this node.
+/// The async client and the credential it was built with.
+type AsyncCache = std::sync::Arc<std::sync::Mutex<Option<(Option<String>, reqwest::Client)>>>;
+
 #[derive(Clone)]
 pub struct CoordinatorClient {
     base: String,
     node: String,
     auth: Auth,
+    async_cache: AsyncCache,
 }
 
 impl std::fmt::Debug for CoordinatorClient {
@@ -89,6 +93,7 @@ impl CoordinatorClient {
             base: base.trim_end_matches('/').to_owned(),
             node: node.to_owned(),
             auth: Auth::Token(token.to_owned()),
+            async_cache: AsyncCache::default(),
         }
     }
 
@@ -110,6 +115,7 @@ impl CoordinatorClient {
                 credential,
                 token,
             },
+            async_cache: AsyncCache::default(),
         }
     }
 
@@ -134,20 +140,36 @@ impl CoordinatorClient {
         }
     }
 
+    /// Over mutual TLS: the pinned CA, and `identity` (a credential PEM)
+    /// if given, as reqwest takes them. `None` in join-token mode.
+    fn tls_material(
+        &self,
+        identity: Option<&str>,
+    ) -> Result<Option<(reqwest::Certificate, Option<reqwest::Identity>)>, ClientError> {
+        let Some((ca_pem, _, _)) = self.tls_parts() else {
+            return Ok(None);
+        };
+        let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes())
+            .map_err(|e| self.setup_error(format!("the pinned CA: {e}")))?;
+        let identity = identity
+            .map(|pem| {
+                reqwest::Identity::from_pem(pem.as_bytes())
+                    .map_err(|e| self.setup_error(format!("this node's certificate: {e}")))
+            })
+            .transpose()?;
+        Ok(Some((ca, identity)))
+    }
+
     /// A blocking client; over mutual TLS it presents `identity` if given.
     fn blocking_with(
         &self,
         identity: Option<&str>,
     ) -> Result<reqwest::blocking::Client, ClientError> {
         let mut builder = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30));
-        if let Some((ca_pem, _, _)) = self.tls_parts() {
-            let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes())
-                .map_err(|e| self.setup_error(format!("the pinned CA: {e}")))?;
+        if let Some((ca, identity)) = self.tls_material(identity)? {
             builder = builder.tls_certs_only([ca]);
-            if let Some(pem) = identity {
-                let id = reqwest::Identity::from_pem(pem.as_bytes())
-                    .map_err(|e| self.setup_error(format!("this node's certificate: {e}")))?;
-                builder = builder.identity(id);
+            if let Some(identity) = identity {
+                builder = builder.identity(identity);
             }
         }
         builder.build().map_err(|source| ClientError::Unreachable {
@@ -161,28 +183,40 @@ impl CoordinatorClient {
         self.blocking_with(credential.as_deref())
     }
 
-    /// An async client for one call (status reports, nudge polls).
+    /// The async client (status reports, nudge polls): built once, and
+    /// again only when the client certificate was renewed.
     fn async_client(&self) -> Result<reqwest::Client, ClientError> {
-        let mut builder = reqwest::Client::builder();
-        if let Some((ca_pem, _, _)) = self.tls_parts() {
-            let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes())
-                .map_err(|e| self.setup_error(format!("the pinned CA: {e}")))?;
-            builder = builder.tls_certs_only([ca]);
-            if let Some(pem) = self.read_credential() {
-                let id = reqwest::Identity::from_pem(pem.as_bytes())
-                    .map_err(|e| self.setup_error(format!("this node's certificate: {e}")))?;
-                builder = builder.identity(id);
-            } else {
-                return Err(self.setup_error(
+        let credential = match self.tls_parts() {
+            None => None,
+            Some(_) => Some(self.read_credential().ok_or_else(|| {
+                self.setup_error(
                     "not enrolled yet: no client certificate (the reconcile loop enrols)"
                         .to_owned(),
-                ));
+                )
+            })?),
+        };
+        let mut cached = self
+            .async_cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((built_for, client)) = &*cached
+            && *built_for == credential
+        {
+            return Ok(client.clone());
+        }
+        let mut builder = reqwest::Client::builder();
+        if let Some((ca, identity)) = self.tls_material(credential.as_deref())? {
+            builder = builder.tls_certs_only([ca]);
+            if let Some(identity) = identity {
+                builder = builder.identity(identity);
             }
         }
-        builder.build().map_err(|source| ClientError::Unreachable {
+        let client = builder.build().map_err(|source| ClientError::Unreachable {
             url: self.base.clone(),
             source,
-        })
+        })?;
+        *cached = Some((credential, client.clone()));
+        Ok(client)
     }
 
     fn read_credential(&self) -> Option<String> {
@@ -299,19 +333,7 @@ impl CoordinatorClient {
     /// A CSR naming only this node (the coordinator adds the node's own
     /// names from the desired state).
     fn csr(&self, key: &crate::certs::NodeKey) -> Result<String, ClientError> {
-        let request = roles::CertificateRequest {
-            name: "coordinator-client".to_owned(),
-            common_name: self.node.clone(),
-            dns_names: Vec::new(),
-            ip_addresses: Vec::new(),
-            keystore_path: String::new(),
-            owner: String::new(),
-            group: String::new(),
-            validity_seconds: 0,
-            renew_before_seconds: 0,
-            on_change: Vec::new(),
-        };
-        crate::certs::csr_pem(&request, key)
+        crate::certs::csr_for_names("coordinator-client", &self.node, &[], &[], key)
             .map_err(|e| self.setup_error(format!("making a CSR: {e}")))
     }
 
