@@ -11,6 +11,8 @@
 //!   CSR signing, nudges.
 //! - [`daemon`]: the reconcile loop, the agent's HTTP API and metrics.
 //! - [`protocol`]: the coordinator protocol's types.
+//! - [`kafka`]: the Kafka admin client (metadata, configs, quorum,
+//!   elections) over Kafka's wire protocol, behind the `KafkaAdmin` seam.
 //! - [`local`]: local mode, the whole cluster on one machine.
 
 pub mod apply;
@@ -21,6 +23,7 @@ pub mod coordinator;
 pub mod daemon;
 mod http_auth;
 pub mod init;
+pub mod kafka;
 pub mod local;
 pub mod protocol;
 pub mod sync;
