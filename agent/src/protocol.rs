@@ -102,6 +102,36 @@ pub struct StatusReport {
     pub last_error: Option<ReportedError>,
     pub drift: Vec<DriftEvent>,
     pub reported_at: u64,
+    /// What the node's rollout is waiting for (a gate, the lease, a
+    /// maintenance window), and since when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<Waiting>,
+    /// The node's last few restarts, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restarts: Vec<RestartRecord>,
+}
+
+/// What a node's rollout is waiting for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Waiting {
+    /// For operators, e.g. the coordinator's refusal or a Kafka gate's reason.
+    pub reason: String,
+    /// Since when (Unix seconds).
+    pub since: u64,
+}
+
+/// One restart of a unit under a lease.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartRecord {
+    pub unit: String,
+    /// The commit the restart was for.
+    pub revision: Option<String>,
+    pub started_at: u64,
+    /// When the unit passed its health gate, if it did.
+    pub healthy_at: Option<u64>,
+    /// `healthy`, `rolled_back` or `failed`.
+    pub outcome: String,
+    pub detail: Option<String>,
 }
 
 /// `GET /v1/nodes/{name}`: the latest report and how old it is.
@@ -150,7 +180,7 @@ impl std::fmt::Debug for EnrolmentResponse {
     }
 }
 
-/// `POST /v1/leases/{role}` (acquire) and `PUT` (renew).
+/// `POST /v1/leases/{role}` (acquire), `PUT` (renew) and `DELETE` (release).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseRequest {
     pub node: String,
@@ -158,16 +188,179 @@ pub struct LeaseRequest {
     /// Required to renew or release: the id the grant returned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fencing: Option<u64>,
+    /// The commit the node wants to restart for. With it, the coordinator
+    /// also waits for every node of an earlier role to have applied it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
 }
 
-/// A granted restart lease. `fencing` grows with every grant, so a holder
-/// whose lease expired cannot act on a stale one.
+/// A granted restart lease: one of its role's `max_unavailable` slots.
+/// `fencing` grows with every grant, so a holder whose lease expired cannot
+/// act on a stale one.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
     pub role: String,
     pub holder: String,
     pub fencing: u64,
     pub expires_in_seconds: u64,
+    /// Other nodes of the role holding a live lease right now: the holder
+    /// counts them as down in its Kafka gates.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub others: Vec<String>,
+    /// The commit the lease was requested for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// Set when the holder halted the role's rollout with this grant: it no
+    /// longer expires, and the role grants nothing until it is cleared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub halted: Option<Halt>,
+}
+
+/// Why and when a rollout was halted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Halt {
+    pub reason: String,
+    /// The commit whose restart failed.
+    pub revision: Option<String>,
+    pub at: u64,
+}
+
+/// `POST /v1/leases/{role}/halt`: the holder of grant `fencing` reports a
+/// failed restart; the role's rollout stops until a new commit or a resume.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaltRequest {
+    pub node: String,
+    pub fencing: u64,
+    #[serde(default)]
+    pub revision: Option<String>,
+    pub reason: String,
+}
+
+/// `POST /v1/rollout/resume`: clears the halt of `role`, or of every role.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumeRequest {
+    /// The node asking (authenticated like every node call).
+    pub node: String,
+    #[serde(default)]
+    pub role: Option<String>,
+}
+
+/// `GET /v1/rollout`: where the cluster's rollout stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutView {
+    /// The commit the coordinator's view of the repository was built from.
+    pub revision: Option<String>,
+    /// `rollout.paused`: no lease is granted while true.
+    pub paused: bool,
+    pub window: WindowView,
+    /// Every role of the cluster, in rollout order (controller, broker,
+    /// connect, then the rest).
+    pub roles: Vec<RoleRollout>,
+    /// Every node, by name.
+    pub nodes: Vec<NodeRollout>,
+    /// The newest lease events (at most 200), newest first. Kept in memory:
+    /// empty after a coordinator restart.
+    pub history: Vec<LeaseEvent>,
+}
+
+/// The maintenance windows, now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowView {
+    /// How many windows `rollout.maintenance_windows` lists (0: restarts
+    /// may start at any time).
+    pub windows: usize,
+    /// Restarts may start now.
+    pub open: bool,
+    /// When open: when the open stretch ends; `null` when it never does.
+    pub closes_at: Option<u64>,
+    /// When closed: when the next window opens.
+    pub next_open: Option<u64>,
+}
+
+/// One role's rollout.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleRollout {
+    pub role: String,
+    pub max_unavailable: u16,
+    pub max_unavailable_per_az: Option<u16>,
+    /// The live grants (halted ones included), oldest first.
+    pub holders: Vec<LeaseHolder>,
+    /// Halted grants: while any is listed, the role grants no lease.
+    pub halted: Vec<HaltedGrant>,
+    /// Nodes whose latest report says they wait (for the lease, a gate, a
+    /// window), by name.
+    pub waiting: Vec<WaitingNode>,
+}
+
+/// A live grant, as the rollout view shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseHolder {
+    pub node: String,
+    pub az: String,
+    pub fencing: u64,
+    pub revision: Option<String>,
+    pub granted_at: u64,
+    /// Seconds left; a halted grant does not expire.
+    pub expires_in_seconds: u64,
+}
+
+/// A grant whose holder halted the rollout.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaltedGrant {
+    pub node: String,
+    pub fencing: u64,
+    pub revision: Option<String>,
+    pub reason: String,
+    pub at: u64,
+}
+
+/// A node waiting, from its latest report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitingNode {
+    pub node: String,
+    pub phase: Phase,
+    pub reason: Option<String>,
+    pub since: Option<u64>,
+    /// How old the report is (by the coordinator's clock).
+    pub age_seconds: u64,
+}
+
+/// One node's part in the rollout, from its latest report (`null`s until
+/// it reports).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRollout {
+    pub node: String,
+    pub role: String,
+    pub az: String,
+    pub phase: Option<Phase>,
+    pub revision_applied: Option<String>,
+    pub waiting: Option<Waiting>,
+    pub age_seconds: Option<u64>,
+}
+
+/// What happened to a lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaseEventKind {
+    Granted,
+    Released,
+    Expired,
+    Halted,
+    Resumed,
+    ClearedByNewCommit,
+}
+
+/// One entry of the rollout history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseEvent {
+    pub at: u64,
+    pub role: String,
+    /// The grant's holder.
+    pub node: String,
+    pub event: LeaseEventKind,
+    pub fencing: u64,
+    pub revision: Option<String>,
+    pub reason: Option<String>,
 }
 
 /// `GET /v1/nudges?after=N` (long-poll): returns when the generation passes

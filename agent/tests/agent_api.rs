@@ -75,6 +75,8 @@ fn full_report() -> StatusReport {
             at: 1_700_000_050,
         }],
         reported_at: 1_700_000_200,
+        waiting: None,
+        restarts: vec![],
     }
 }
 
@@ -92,6 +94,8 @@ fn bare_report() -> StatusReport {
         last_error: None,
         drift: vec![],
         reported_at: 0,
+        waiting: None,
+        restarts: vec![],
     }
 }
 

@@ -13,10 +13,11 @@ use hmac::{Hmac, Mac};
 use http_body_util::BodyExt as _;
 use kraftops_agent::coordinator::{
     ClusterView, Coordinator, CsrSigner, MAX_ALERTS, MAX_BODY_BYTES, ManualClock, NodeEntry,
-    router, serve,
+    RolloutRules, router, serve,
 };
 use kraftops_agent::protocol::{
-    ApiError, CertificateResponse, Lease, NodeView, Nudge, Phase, StatusReport,
+    ApiError, CertificateResponse, Lease, LeaseEventKind, NodeView, Nudge, Phase, RolloutView,
+    StatusReport,
 };
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -61,8 +62,15 @@ impl CsrSigner for FakeSigner {
 }
 
 fn entry(role: &str, name: &str, ip: &str) -> NodeEntry {
+    // 10.0.1.x is eu-central-1a, 10.0.2.x eu-central-1b.
+    let az = if ip.starts_with("10.0.2.") {
+        "eu-central-1b"
+    } else {
+        "eu-central-1a"
+    };
     NodeEntry {
         role: role.to_owned(),
+        az: az.to_owned(),
         dns_names: vec![format!("{name}.kafka.internal")],
         ips: vec![ip.parse::<IpAddr>().expect("a valid test IP")],
     }
@@ -89,6 +97,8 @@ fn view() -> ClusterView {
         join_tokens,
         lease_ttl_max: Duration::from_secs(TTL_MAX),
         cert_validity: Duration::from_secs(VALIDITY),
+        rollout: RolloutRules::default(),
+        revision: None,
     }
 }
 
@@ -192,6 +202,8 @@ fn report(node: &str, role: &str) -> Value {
         last_error: None,
         drift: vec![],
         reported_at: START,
+        waiting: None,
+        restarts: vec![],
     })
     .expect("a report serializes")
 }
@@ -743,18 +755,22 @@ async fn an_expired_lease_can_be_taken_by_another_node() {
     assert_eq!(new.holder, "broker-2");
     assert!(new.fencing > old.fencing);
 
-    // The old holder can neither renew nor release the new grant.
-    for method in [Method::PUT, Method::DELETE] {
-        let (status, _) = h
-            .call(
-                method.clone(),
-                "/v1/leases/broker",
-                Some(&token("broker-1")),
-                Some(lease_request("broker-1", 60, Some(old.fencing))),
-            )
-            .await;
-        assert_eq!(status, StatusCode::CONFLICT, "{method}");
-    }
+    // The old holder cannot renew its grant, and releasing it (gone) is a
+    // harmless no-op that leaves the new grant alone.
+    let broker_1 = token("broker-1");
+    let call = |method: Method| {
+        h.call(
+            method,
+            "/v1/leases/broker",
+            Some(&broker_1),
+            Some(lease_request("broker-1", 60, Some(old.fencing))),
+        )
+    };
+    let (status, _) = call(Method::PUT).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (status, _) = call(Method::DELETE).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(h.coordinator.leases(), vec![new]);
 }
 
 #[tokio::test]
@@ -1308,4 +1324,682 @@ async fn a_lease_record_lets_a_first_start_grant_at_once_and_a_restart_wait_for_
     std::fs::write(&record, "garbage").expect("write");
     let third = start(Arc::new(ManualClock::new(START + 200)));
     assert_eq!(third.coordinator.lease_grace_until(), START + 200 + TTL_MAX);
+}
+
+// --- rollout policy: slots, AZs, pause, windows, order, halt -----------------
+
+/// The test view plus broker-3 (eu-central-1a), controller-2 and connect-1,
+/// with `rules`.
+fn rollout_view(rules: RolloutRules) -> ClusterView {
+    let mut view = view();
+    for (name, role, ip) in [
+        ("broker-3", "broker", "10.0.1.11"),
+        ("controller-2", "controller", "10.0.2.20"),
+        ("connect-1", "connect", "10.0.1.30"),
+    ] {
+        view.nodes.insert(name.to_owned(), entry(role, name, ip));
+        view.join_tokens.insert(name.to_owned(), token(name));
+    }
+    view.rollout = rules;
+    view.revision = Some("1111111111111111111111111111111111111111".to_owned());
+    view
+}
+
+impl Harness {
+    /// A coordinator of `view` whose restart grace has passed (at
+    /// START + TTL_MAX: Tuesday 2023-11-14 22:28:20 UTC).
+    fn ready_with(view: ClusterView) -> Self {
+        let clock = Arc::new(ManualClock::new(START));
+        let coordinator = Coordinator::new(view, Arc::new(FakeSigner), clock.clone(), None);
+        clock.advance(TTL_MAX);
+        Self {
+            app: router(coordinator.clone()),
+            coordinator,
+            clock,
+        }
+    }
+
+    async fn report(&self, node: &str, role: &str, phase: Phase, applied: &str) {
+        let mut body = report(node, role);
+        body["phase"] = serde_json::to_value(phase).expect("a phase");
+        body["revision_applied"] = json!(applied);
+        let (status, body) = self
+            .call(
+                Method::POST,
+                &format!("/v1/nodes/{node}/status"),
+                Some(&token(node)),
+                Some(body),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+
+    async fn rollout(&self) -> RolloutView {
+        let (status, body) = self.call(Method::GET, "/v1/rollout", None, None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        serde_json::from_value(body).expect("a RolloutView")
+    }
+
+    async fn halt(&self, role: &str, granted: &Lease, reason: &str) -> (StatusCode, Value) {
+        self.call(
+            Method::POST,
+            &format!("/v1/leases/{role}/halt"),
+            Some(&token(&granted.holder)),
+            Some(json!({
+                "node": granted.holder,
+                "fencing": granted.fencing,
+                "revision": "2222222222222222222222222222222222222222",
+                "reason": reason,
+            })),
+        )
+        .await
+    }
+
+    async fn resume(&self, node: &str, role: Option<&str>) -> (StatusCode, Value) {
+        self.call(
+            Method::POST,
+            "/v1/rollout/resume",
+            Some(&token(node)),
+            Some(json!({ "node": node, "role": role })),
+        )
+        .await
+    }
+}
+
+async fn acquire_for(
+    h: &Harness,
+    role: &str,
+    node: &str,
+    revision: Option<&str>,
+) -> (StatusCode, Value) {
+    let mut body = lease_request(node, 300, None);
+    if let Some(revision) = revision {
+        body["revision"] = json!(revision);
+    }
+    h.call(
+        Method::POST,
+        &format!("/v1/leases/{role}"),
+        Some(&token(node)),
+        Some(body),
+    )
+    .await
+}
+
+fn rules(max_unavailable: u16) -> RolloutRules {
+    RolloutRules {
+        max_unavailable,
+        ..RolloutRules::default()
+    }
+}
+
+#[tokio::test]
+async fn max_unavailable_2_grants_two_slots_and_names_the_others() {
+    let h = Harness::ready_with(rollout_view(rules(2)));
+    let (status, body) = acquire_for(&h, "broker", "broker-1", Some("abcdef1234")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let first = lease(body);
+    assert!(first.others.is_empty());
+    assert_eq!(first.revision.as_deref(), Some("abcdef1234"));
+
+    h.clock.advance(10);
+    let (status, body) = acquire(&h, "broker", "broker-2", 300).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let second = lease(body);
+    assert_eq!(second.others, vec!["broker-1".to_owned()]);
+    assert!(second.fencing > first.fencing);
+    assert_eq!(second.revision, None);
+
+    // The first holder re-acquiring gets its grant unchanged, now with the
+    // other holder listed.
+    let (status, body) = acquire(&h, "broker", "broker-1", 300).await;
+    assert_eq!(status, StatusCode::OK);
+    let again = lease(body);
+    assert_eq!(again.fencing, first.fencing);
+    assert_eq!(again.expires_in_seconds, 290);
+    assert_eq!(again.others, vec!["broker-2".to_owned()]);
+
+    // A third broker finds both slots taken: both holders are named.
+    let (status, body) = acquire(&h, "broker", "broker-3", 300).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(
+        api_error(&body),
+        "the broker lease is held by broker-1 for 290 more seconds and broker-2 for 300 more seconds"
+    );
+    assert_eq!(h.coordinator.leases().len(), 2);
+
+    // A released slot is free again.
+    let (status, _) = h
+        .call(
+            Method::DELETE,
+            "/v1/leases/broker",
+            Some(&token("broker-1")),
+            Some(lease_request("broker-1", 0, Some(first.fencing))),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, body) = acquire(&h, "broker", "broker-3", 300).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(lease(body).others, vec!["broker-2".to_owned()]);
+}
+
+#[tokio::test]
+async fn the_per_az_budget_limits_one_zone_only() {
+    let h = Harness::ready_with(rollout_view(RolloutRules {
+        max_unavailable: 3,
+        max_unavailable_per_az: Some(1),
+        ..RolloutRules::default()
+    }));
+    // broker-1 and broker-3 are in eu-central-1a, broker-2 in 1b.
+    let (status, _) = acquire(&h, "broker", "broker-1", 300).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = acquire(&h, "broker", "broker-3", 300).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(
+        api_error(&body),
+        "the broker budget of eu-central-1a is used by broker-1"
+    );
+    let (status, body) = acquire(&h, "broker", "broker-2", 300).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn no_lease_is_granted_while_paused() {
+    let h = Harness::ready_with(rollout_view(RolloutRules {
+        paused: true,
+        ..RolloutRules::default()
+    }));
+    let (status, body) = acquire(&h, "broker", "broker-1", 300).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(
+        api_error(&body),
+        "rollouts are paused (rollout.paused in cluster.yaml)"
+    );
+    assert!(h.coordinator.leases().is_empty());
+    assert!(h.rollout().await.paused);
+
+    // Unpaused by a new commit: granted.
+    h.coordinator.set_view(rollout_view(rules(1)));
+    let (status, body) = acquire(&h, "broker", "broker-1", 300).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn leases_wait_for_a_maintenance_window() {
+    use desired_state::types::{Duration as Span, TimeOfDay};
+    use desired_state::{MaintenanceWindow, Weekday};
+    // Tuesdays 23:00 to 24:00 UTC; the harness is ready at Tuesday 22:28:20.
+    let window = MaintenanceWindow {
+        days: vec![Weekday::Tue],
+        start: TimeOfDay::try_from("23:00").expect("a time"),
+        duration: Span::try_from("1h").expect("a duration").into(),
+    };
+    let h = Harness::ready_with(rollout_view(RolloutRules {
+        windows: vec![window],
+        ..RolloutRules::default()
+    }));
+    let opens = START + 2800;
+    let (status, body) = acquire(&h, "broker", "broker-1", 300).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(
+        api_error(&body),
+        "outside the maintenance windows; the next opens at 2023-11-14 23:00 UTC (in 1900 s)"
+    );
+    let view = h.rollout().await;
+    assert_eq!(
+        (view.window.windows, view.window.open, view.window.next_open),
+        (1, false, Some(opens))
+    );
+
+    h.clock.set(opens);
+    let (status, body) = acquire(&h, "broker", "broker-1", 300).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let view = h.rollout().await;
+    assert!(view.window.open);
+    assert_eq!(view.window.closes_at, Some(opens + 3600));
+
+    // At 24:00 it is closed again until next Tuesday.
+    h.clock.set(opens + 3600);
+    let (status, body) = acquire(&h, "broker", "broker-2", 300).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(
+        api_error(&body).contains("the next opens at 2023-11-21 23:00 UTC"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn controllers_go_before_brokers() {
+    let h = Harness::ready_with(rollout_view(rules(1)));
+    let new = "9999999999999999999999999999999999999999";
+    let old = "1111111111111111111111111111111111111111";
+    h.report("controller-1", "controller", Phase::Converged, old)
+        .await;
+    h.report("controller-2", "controller", Phase::WaitingForLease, old)
+        .await;
+
+    let (status, body) = acquire(&h, "broker", "broker-1", 300).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(
+        api_error(&body),
+        "controllers first: controller-2 is waiting_for_lease"
+    );
+    // Connect waits for controllers too; observability takes no part.
+    let (status, body) = acquire(&h, "connect", "connect-1", 300).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(api_error(&body).starts_with("controllers first: "));
+    let (status, _) = acquire(&h, "observability", "observability-1", 300).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // A stale report does not block: the node may be dead.
+    h.clock.advance(120);
+    let (status, body) = acquire(&h, "broker", "broker-1", 300).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let broker = lease(body);
+    h.call(
+        Method::DELETE,
+        "/v1/leases/broker",
+        Some(&token("broker-1")),
+        Some(lease_request("broker-1", 0, Some(broker.fencing))),
+    )
+    .await;
+
+    // A request for a revision waits for every fresh controller to run it.
+    h.report("controller-1", "controller", Phase::Converged, new)
+        .await;
+    h.report("controller-2", "controller", Phase::Converged, old)
+        .await;
+    let (status, body) = acquire_for(&h, "broker", "broker-1", Some(new)).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(
+        api_error(&body),
+        "controllers first: controller-2 has not applied 9999999 yet"
+    );
+    // Without a revision the request does not wait for it.
+    let (status, _) = acquire(&h, "broker", "broker-2", 300).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = h
+        .call(
+            Method::DELETE,
+            "/v1/leases/broker",
+            Some(&token("broker-2")),
+            Some(lease_request(
+                "broker-2",
+                0,
+                Some(h.coordinator.leases()[0].fencing),
+            )),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+
+    // A controller holding its lease blocks brokers.
+    h.report("controller-2", "controller", Phase::Converged, new)
+        .await;
+    let (status, _) = acquire(&h, "controller", "controller-1", 300).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = acquire_for(&h, "broker", "broker-1", Some(new)).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(
+        api_error(&body),
+        "controllers first: controller-1 holds the controller lease"
+    );
+}
+
+#[tokio::test]
+async fn a_halted_rollout_refuses_everyone_and_does_not_expire() {
+    let h = Harness::ready_with(rollout_view(rules(2)));
+    let (_, body) = acquire(&h, "broker", "broker-2", 60).await;
+    let granted = lease(body);
+
+    // Only the holder, with its fencing id, can halt.
+    let mut stale = granted.clone();
+    stale.fencing += 1;
+    let (status, _) = h.halt("broker", &stale, "nope").await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (status, body) = h
+        .call(
+            Method::POST,
+            "/v1/leases/broker/halt",
+            Some(&token("broker-1")),
+            Some(json!({"node": "broker-2", "fencing": granted.fencing, "reason": "x"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+
+    let (status, body) = h
+        .halt("broker", &granted, "kafka.service not healthy within 10m")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let halted = lease(body);
+    assert_eq!(
+        halted.halted.as_ref().map(|h| h.reason.as_str()),
+        Some("kafka.service not healthy within 10m")
+    );
+
+    let message = "the broker rollout is halted: broker-2 failed at 2222222: kafka.service not healthy within 10m; push a new commit, or POST /v1/rollout/resume";
+    for node in ["broker-1", "broker-3"] {
+        let (status, body) = acquire(&h, "broker", node, 60).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert_eq!(api_error(&body), message);
+    }
+    // Other roles go on.
+    let (status, _) = acquire(&h, "controller", "controller-1", 60).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Long after its TTL the halted grant is still listed, and renewable.
+    h.clock.advance(10 * TTL_MAX);
+    let leases = h.coordinator.leases();
+    assert_eq!(leases.len(), 1, "{leases:?}");
+    assert_eq!(leases[0].holder, "broker-2");
+    assert!(leases[0].halted.is_some());
+    let (status, body) = h
+        .call(
+            Method::PUT,
+            "/v1/leases/broker",
+            Some(&token("broker-2")),
+            Some(lease_request("broker-2", 60, Some(granted.fencing))),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = acquire(&h, "broker", "broker-1", 60).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(api_error(&body), message);
+
+    let metrics = h
+        .send(
+            Request::builder()
+                .uri("/metrics")
+                .body(Body::empty())
+                .expect("a request"),
+        )
+        .await
+        .2;
+    let text = String::from_utf8(metrics).expect("UTF-8");
+    assert!(
+        text.contains("kraftops_coordinator_rollout_halted{role=\"broker\"} 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("kraftops_coordinator_rollout_halted{role=\"controller\"} 0\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("kraftops_coordinator_rollout_paused 0\n"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_new_commit_clears_a_halt() {
+    let h = Harness::ready_with(rollout_view(rules(1)));
+    let (_, body) = acquire(&h, "broker", "broker-1", 60).await;
+    let granted = lease(body);
+    let (status, _) = h.halt("broker", &granted, "broken").await;
+    assert_eq!(status, StatusCode::OK);
+
+    // The same commit again clears nothing.
+    h.coordinator.set_view(rollout_view(rules(1)));
+    let (status, _) = acquire(&h, "broker", "broker-2", 60).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+
+    let mut next = rollout_view(rules(1));
+    next.revision = Some("3333333333333333333333333333333333333333".to_owned());
+    h.coordinator.set_view(next);
+    assert!(h.coordinator.leases().is_empty());
+    let (status, body) = acquire(&h, "broker", "broker-2", 60).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let view = h.rollout().await;
+    let events: Vec<(String, LeaseEventKind)> = view
+        .history
+        .iter()
+        .map(|e| (e.node.clone(), e.event))
+        .collect();
+    assert_eq!(
+        events,
+        vec![
+            ("broker-2".to_owned(), LeaseEventKind::Granted),
+            ("broker-1".to_owned(), LeaseEventKind::ClearedByNewCommit),
+            ("broker-1".to_owned(), LeaseEventKind::Halted),
+            ("broker-1".to_owned(), LeaseEventKind::Granted),
+        ]
+    );
+    assert_eq!(
+        view.history[1].reason.as_deref(),
+        Some("new commit 3333333")
+    );
+}
+
+#[tokio::test]
+async fn resume_clears_a_halt_and_release_does_too() {
+    let h = Harness::ready_with(rollout_view(rules(1)));
+    // Nothing halted: 404.
+    let (status, body) = h.resume("broker-3", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(api_error(&body), "no rollout is halted");
+    // Unauthenticated: 401; as another node: 403.
+    let (status, _) = h
+        .call(
+            Method::POST,
+            "/v1/rollout/resume",
+            None,
+            Some(json!({"node": "broker-3"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = h
+        .call(
+            Method::POST,
+            "/v1/rollout/resume",
+            Some(&token("broker-1")),
+            Some(json!({"node": "broker-3"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    let (_, body) = acquire(&h, "broker", "broker-1", 60).await;
+    let granted = lease(body);
+    h.halt("broker", &granted, "broken").await;
+    let (status, body) = h.resume("controller-1", Some("controller")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(api_error(&body), "the controller rollout is not halted");
+
+    // Any node may resume.
+    let (status, body) = h.resume("controller-1", Some("broker")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let view: RolloutView = serde_json::from_value(body).expect("a RolloutView");
+    assert!(view.roles.iter().all(|r| r.halted.is_empty()));
+    assert_eq!(view.history[0].event, LeaseEventKind::Resumed);
+    assert_eq!(
+        view.history[0].reason.as_deref(),
+        Some("resumed by controller-1")
+    );
+    let (status, _) = acquire(&h, "broker", "broker-2", 60).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // The holder releasing its halted grant clears the halt too.
+    let (_, body) = acquire(&h, "controller", "controller-1", 60).await;
+    let controller = lease(body);
+    h.halt("controller", &controller, "broken").await;
+    let (status, _) = h
+        .call(
+            Method::DELETE,
+            "/v1/leases/controller",
+            Some(&token("controller-1")),
+            Some(lease_request("controller-1", 0, Some(controller.fencing))),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = acquire(&h, "controller", "controller-2", 60).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_history_records_every_lease_event_newest_first() {
+    let h = Harness::ready_with(rollout_view(rules(1)));
+    let t0 = START + TTL_MAX;
+    let (_, body) = acquire(&h, "broker", "broker-1", 60).await;
+    let first = lease(body);
+    h.clock.advance(5);
+    h.call(
+        Method::DELETE,
+        "/v1/leases/broker",
+        Some(&token("broker-1")),
+        Some(lease_request("broker-1", 0, Some(first.fencing))),
+    )
+    .await;
+    h.clock.advance(5);
+    let (_, body) = acquire(&h, "broker", "broker-2", 60).await;
+    let second = lease(body);
+    // It expires at t0 + 70, noticed later.
+    h.clock.advance(100);
+    let (_, body) = acquire_for(&h, "broker", "broker-3", Some("abc")).await;
+    let third = lease(body);
+    h.clock.advance(1);
+    h.halt("broker", &third, "unhealthy").await;
+    h.clock.advance(1);
+    h.resume("broker-1", None).await;
+
+    let history = h.rollout().await.history;
+    let got: Vec<(u64, &str, LeaseEventKind, u64)> = history
+        .iter()
+        .map(|e| (e.at, e.node.as_str(), e.event, e.fencing))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (t0 + 112, "broker-3", LeaseEventKind::Resumed, third.fencing),
+            (t0 + 111, "broker-3", LeaseEventKind::Halted, third.fencing),
+            (t0 + 110, "broker-3", LeaseEventKind::Granted, third.fencing),
+            (t0 + 70, "broker-2", LeaseEventKind::Expired, second.fencing),
+            (t0 + 10, "broker-2", LeaseEventKind::Granted, second.fencing),
+            (t0 + 5, "broker-1", LeaseEventKind::Released, first.fencing),
+            (t0, "broker-1", LeaseEventKind::Granted, first.fencing),
+        ]
+    );
+    assert!(history.iter().all(|e| e.role == "broker"));
+    assert_eq!(history[2].revision.as_deref(), Some("abc"));
+    assert_eq!(history[1].reason.as_deref(), Some("unhealthy"));
+}
+
+#[tokio::test]
+async fn the_history_keeps_the_newest_200_events() {
+    let h = Harness::ready_with(rollout_view(rules(1)));
+    for _ in 0..150 {
+        let (_, body) = acquire(&h, "broker", "broker-1", 60).await;
+        let granted = lease(body);
+        h.clock.advance(1);
+        h.call(
+            Method::DELETE,
+            "/v1/leases/broker",
+            Some(&token("broker-1")),
+            Some(lease_request("broker-1", 0, Some(granted.fencing))),
+        )
+        .await;
+    }
+    let history = h.rollout().await.history;
+    assert_eq!(history.len(), 200);
+    assert_eq!(history[0].event, LeaseEventKind::Released);
+    assert!(history.windows(2).all(|w| w[0].at >= w[1].at));
+}
+
+#[tokio::test]
+async fn the_rollout_view_shows_policy_holders_halts_and_waiting_nodes() {
+    let h = Harness::ready_with(rollout_view(RolloutRules {
+        max_unavailable: 2,
+        max_unavailable_per_az: Some(1),
+        ..RolloutRules::default()
+    }));
+    let mut waiting = report("broker-3", "broker");
+    waiting["phase"] = json!("waiting_for_lease");
+    waiting["waiting"] =
+        json!({"reason": "the broker lease is held by broker-1", "since": START + 900});
+    let (status, _) = h
+        .call(
+            Method::POST,
+            "/v1/nodes/broker-3/status",
+            Some(&token("broker-3")),
+            Some(waiting),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, body) = acquire_for(&h, "broker", "broker-1", Some("abc")).await;
+    let granted = lease(body);
+    let (_, body) = acquire(&h, "broker", "broker-2", 60).await;
+    h.halt("broker", &lease(body), "unhealthy").await;
+    h.clock.advance(3);
+
+    let (status, body) = h.call(Method::GET, "/v1/rollout", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    // The JSON shape operators and tools read.
+    for key in ["revision", "paused", "window", "roles", "nodes", "history"] {
+        assert!(body.get(key).is_some(), "{key} missing: {body}");
+    }
+    let view: RolloutView = serde_json::from_value(body).expect("a RolloutView");
+    assert_eq!(
+        view.revision.as_deref(),
+        Some("1111111111111111111111111111111111111111")
+    );
+    assert!(!view.paused);
+    assert!(view.window.open && view.window.windows == 0);
+    let roles: Vec<&str> = view.roles.iter().map(|r| r.role.as_str()).collect();
+    assert_eq!(roles, ["controller", "broker", "connect", "observability"]);
+    let broker = &view.roles[1];
+    assert_eq!(
+        (broker.max_unavailable, broker.max_unavailable_per_az),
+        (2, Some(1))
+    );
+    let holders: Vec<(&str, &str, u64, Option<&str>, u64)> = broker
+        .holders
+        .iter()
+        .map(|l| {
+            (
+                l.node.as_str(),
+                l.az.as_str(),
+                l.granted_at,
+                l.revision.as_deref(),
+                l.expires_in_seconds,
+            )
+        })
+        .collect();
+    assert_eq!(
+        holders,
+        [
+            (
+                "broker-1",
+                "eu-central-1a",
+                START + TTL_MAX,
+                Some("abc"),
+                297
+            ),
+            ("broker-2", "eu-central-1b", START + TTL_MAX, None, 57),
+        ]
+    );
+    assert_eq!(broker.holders[0].fencing, granted.fencing);
+    assert_eq!(broker.halted.len(), 1);
+    assert_eq!(broker.halted[0].node, "broker-2");
+    assert_eq!(broker.halted[0].reason, "unhealthy");
+    assert_eq!(broker.waiting.len(), 1);
+    let w = &broker.waiting[0];
+    assert_eq!(
+        (w.node.as_str(), w.phase, w.since, w.age_seconds),
+        ("broker-3", Phase::WaitingForLease, Some(START + 900), 3)
+    );
+    assert_eq!(
+        w.reason.as_deref(),
+        Some("the broker lease is held by broker-1")
+    );
+    let node = view
+        .nodes
+        .iter()
+        .find(|n| n.node == "broker-3")
+        .expect("broker-3 is listed");
+    assert_eq!(node.phase, Some(Phase::WaitingForLease));
+    assert_eq!(node.revision_applied.as_deref(), Some("abc123"));
+    assert!(node.waiting.is_some());
+    let silent = view
+        .nodes
+        .iter()
+        .find(|n| n.node == "connect-1")
+        .expect("connect-1 is listed");
+    assert_eq!((silent.phase, silent.age_seconds), (None, None));
+    assert_eq!(view.nodes.len(), 7);
 }

@@ -114,7 +114,7 @@ async fn a_join_token_enrols_once_over_tls_and_the_certificate_authenticates_aft
     let plain = CoordinatorClient::new(&running.plain_url, "broker-1", &token);
     let answer = blocking({
         let plain = plain.clone();
-        move || plain.acquire("broker", 30)
+        move || plain.acquire("broker", 30, None)
     })
     .await
     .expect("the unspent token authenticates on the plain port");
@@ -206,7 +206,7 @@ async fn a_join_token_enrols_once_over_tls_and_the_certificate_authenticates_aft
     assert!(!dir.path().join("thief.pem").exists());
     let spent_plain = blocking({
         let plain = plain.clone();
-        move || plain.acquire("broker", 30)
+        move || plain.acquire("broker", 30, None)
     })
     .await
     .expect_err("a spent token authenticates nothing");
@@ -216,7 +216,7 @@ async fn a_join_token_enrols_once_over_tls_and_the_certificate_authenticates_aft
     // nudge poll.
     let answer = blocking({
         let client = client.clone();
-        move || client.acquire("broker", 30)
+        move || client.acquire("broker", 30, None)
     })
     .await
     .expect("the certificate authenticates");
@@ -337,7 +337,7 @@ async fn the_token_is_never_sent_to_a_coordinator_of_another_ca_and_foreign_clie
         forged_path,
         None,
     );
-    let refused = blocking(move || impostor.acquire("broker", 30))
+    let refused = blocking(move || impostor.acquire("broker", 30, None))
         .await
         .expect_err("a foreign client certificate is refused");
     assert!(

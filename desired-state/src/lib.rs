@@ -17,6 +17,7 @@ pub mod schema;
 pub mod secrets;
 pub mod types;
 mod validate;
+pub mod window;
 
 use std::collections::BTreeMap;
 
@@ -29,6 +30,7 @@ pub use validate::{
     CONNECT_MANAGED, DATASOURCE_NAME, DATASOURCE_UID, DERIVED_JOBS, SERVER_MANAGED,
     managed_key_reason, ports_of,
 };
+pub use window::{WindowState, format_utc, window_state};
 
 use types::{Name, UserName};
 

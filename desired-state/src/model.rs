@@ -491,7 +491,8 @@ pub struct RolloutPolicy {
     pub health_timeout: Duration,
     /// How long a restart lease lives without renewal.
     pub lease_ttl: Duration,
-    /// Pause after a node is healthy before the next one may restart.
+    /// Bake time: the pause after a node is healthy before the next one may
+    /// restart.
     pub cooldown: Duration,
     /// Roll a node back to the last good revision when it fails its health gate.
     #[serde(default = "yes")]
@@ -499,6 +500,27 @@ pub struct RolloutPolicy {
     /// Run a preferred leader election after a broker is back.
     #[serde(default = "yes")]
     pub preferred_leader_election: bool,
+    /// How many nodes of one role may be restarting at once (default 1, at
+    /// least 1). Controllers, brokers and Connect workers each have their own
+    /// budget; the agents' Kafka gates still check every restart.
+    #[schemars(range(min = 1))]
+    pub max_unavailable: Located<u16>,
+    /// At most this many nodes of one role in the same availability zone
+    /// restarting at once (at least 1). Unset: only `max_unavailable` applies.
+    #[schemars(range(min = 1))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_unavailable_per_az: Option<Located<u16>>,
+    /// When restarts may start (UTC). Empty (the default): at any time.
+    /// Outside every window, restarts wait; changes that need no restart are
+    /// still applied.
+    pub maintenance_windows: Vec<MaintenanceWindow>,
+    /// While true, no restart lease is granted: changes that need a restart
+    /// wait, everything else is still applied.
+    pub paused: bool,
+}
+
+fn located_one() -> Located<u16> {
+    1.into()
 }
 
 impl Default for RolloutPolicy {
@@ -509,8 +531,55 @@ impl Default for RolloutPolicy {
             cooldown: default_cooldown(),
             auto_rollback: true,
             preferred_leader_election: true,
+            max_unavailable: located_one(),
+            max_unavailable_per_az: None,
+            maintenance_windows: Vec::new(),
+            paused: false,
         }
     }
+}
+
+/// A day of the week, in UTC.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Weekday {
+    Mon,
+    Tue,
+    Wed,
+    Thu,
+    Fri,
+    Sat,
+    Sun,
+}
+
+impl Weekday {
+    /// Monday first, as ISO 8601 counts.
+    pub const ALL: [Weekday; 7] = [
+        Weekday::Mon,
+        Weekday::Tue,
+        Weekday::Wed,
+        Weekday::Thu,
+        Weekday::Fri,
+        Weekday::Sat,
+        Weekday::Sun,
+    ];
+}
+
+/// A time when restarts may start: from `start` on each of `days`, for
+/// `duration`. A window may run past midnight (and past Sunday into Monday);
+/// it belongs to the day it opens on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceWindow {
+    /// The days the window opens on (`mon` … `sun`, UTC). Empty: every day.
+    #[serde(default)]
+    pub days: Vec<Weekday>,
+    /// When the window opens, `HH:MM` in UTC.
+    pub start: TimeOfDay,
+    /// How long it stays open: more than 0, at most 7d.
+    pub duration: Located<Duration>,
 }
 
 /// How every agent behaves.

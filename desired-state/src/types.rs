@@ -501,6 +501,73 @@ impl JsonSchema for Duration {
     }
 }
 
+/// A time of day in UTC, `HH:MM` (`00:00` to `23:59`), e.g. when a
+/// maintenance window opens.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TimeOfDay {
+    text: String,
+    minutes: u16,
+}
+
+impl TimeOfDay {
+    /// Minutes since midnight (UTC).
+    pub fn minutes(&self) -> u16 {
+        self.minutes
+    }
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl TryFrom<String> for TimeOfDay {
+    type Error = InvalidValue;
+    fn try_from(s: String) -> Result<Self, InvalidValue> {
+        let parsed = s.split_once(':').and_then(|(h, m)| {
+            let two_digits = |p: &str| p.len() == 2 && p.bytes().all(|b| b.is_ascii_digit());
+            if !two_digits(h) || !two_digits(m) {
+                return None;
+            }
+            let (h, m) = (h.parse::<u16>().ok()?, m.parse::<u16>().ok()?);
+            (h < 24 && m < 60).then_some(h * 60 + m)
+        });
+        match parsed {
+            Some(minutes) => Ok(Self { text: s, minutes }),
+            None => Err(InvalidValue(format!(
+                "time {s:?} must be HH:MM in UTC, from 00:00 to 23:59, e.g. 02:30"
+            ))),
+        }
+    }
+}
+
+impl TryFrom<&str> for TimeOfDay {
+    type Error = InvalidValue;
+    fn try_from(s: &str) -> Result<Self, InvalidValue> {
+        Self::try_from(s.to_owned())
+    }
+}
+
+impl From<TimeOfDay> for String {
+    fn from(t: TimeOfDay) -> String {
+        t.text
+    }
+}
+
+impl fmt::Display for TimeOfDay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl JsonSchema for TimeOfDay {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "TimeOfDay".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({ "type": "string", "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$", "description": "a time of day in UTC, HH:MM" })
+    }
+}
+
 /// An IPv4 network in CIDR notation, e.g. `10.0.1.0/24`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]

@@ -151,6 +151,7 @@ pub(crate) fn validate(model: &Model, notes: &LoadNotes) -> Vec<Diagnostic> {
     check_observability(&mut c);
     check_security(&mut c);
     check_aws(&mut c);
+    check_rollout(&mut c);
     c.out
 }
 
@@ -1155,5 +1156,52 @@ fn check_aws(c: &mut Checker<'_>) {
             aws.pos,
             "aws needs agent.repository (the url of this repository as the nodes reach it) for the machines' user-data",
         );
+    }
+}
+
+/// The longest maintenance window: a window repeats at least weekly.
+const MAX_WINDOW_SECONDS: u64 = 7 * 86_400;
+
+/// `rollout:` values serde accepts but a rollout cannot work with.
+fn check_rollout(c: &mut Checker<'_>) {
+    let rollout = &c.model.cluster.rollout;
+    let mut problems = Vec::new();
+    if *rollout.max_unavailable == 0 {
+        problems.push((
+            rollout.max_unavailable.pos,
+            "rollout.max_unavailable must be at least 1: with 0 no node could ever restart"
+                .to_owned(),
+        ));
+    }
+    if let Some(per_az) = &rollout.max_unavailable_per_az
+        && **per_az == 0
+    {
+        problems.push((
+            per_az.pos,
+            "rollout.max_unavailable_per_az must be at least 1: with 0 no node could ever restart; remove it to let only max_unavailable apply".to_owned(),
+        ));
+    }
+    for window in &rollout.maintenance_windows {
+        let duration = &window.duration;
+        if duration.as_secs() == 0 {
+            problems.push((
+                duration.pos,
+                format!(
+                    "maintenance window duration {} must be more than 0",
+                    **duration
+                ),
+            ));
+        } else if duration.as_secs() > MAX_WINDOW_SECONDS {
+            problems.push((
+                duration.pos,
+                format!(
+                    "maintenance window duration {} is longer than a week; at most 7d (a window repeats every week)",
+                    **duration
+                ),
+            ));
+        }
+    }
+    for (pos, message) in problems {
+        c.err(CLUSTER, pos, message);
     }
 }

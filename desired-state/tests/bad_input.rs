@@ -1105,7 +1105,7 @@ fn ssh_port_that_a_role_listens_on() {
     assert_problems(
         &repo,
         &[
-            "cluster.yaml:123:13: aws.ssh_port 9092 is also ports.client, the client listener: the admin-only SSH rule would block it for the cluster's own nodes",
+            "cluster.yaml:126:13: aws.ssh_port 9092 is also ports.client, the client listener: the admin-only SSH rule would block it for the cluster's own nodes",
         ],
     );
 }
@@ -1120,7 +1120,7 @@ fn ami_with_both_an_id_and_a_name() {
     assert_problems(
         &repo,
         &[
-            "cluster.yaml:115:5: aws.ami needs either id (ami-…) or both name (a pattern) and owner, not both",
+            "cluster.yaml:118:5: aws.ami needs either id (ami-…) or both name (a pattern) and owner, not both",
         ],
     );
 }
@@ -1135,7 +1135,7 @@ fn ssh_from_anywhere() {
     assert_problems(
         &repo,
         &[
-            "cluster.yaml:120:17: admin_cidrs 0.0.0.0/0 opens SSH and the operators' endpoints to the whole internet; name the admin network",
+            "cluster.yaml:123:17: admin_cidrs 0.0.0.0/0 opens SSH and the operators' endpoints to the whole internet; name the admin network",
         ],
     );
 }
@@ -1150,7 +1150,143 @@ fn aws_without_the_agent_binary() {
     assert_problems(
         &repo,
         &[
-            "cluster.yaml:108:3: aws needs agent.binary (url and sha256 of kraftops-agent) for the machines' user-data",
+            "cluster.yaml:111:3: aws needs agent.binary (url and sha256 of kraftops-agent) for the machines' user-data",
         ],
     );
+}
+
+// ------------------------------------------------------------------ rollout
+
+impl Repo {
+    /// Replaces the example's `max_unavailable: 1` / `paused: false` lines
+    /// of `rollout:` (line 97) with `body`.
+    fn rollout(self, body: &str) -> Self {
+        self.replace(
+            "cluster.yaml",
+            "  max_unavailable: 1\n  paused: false\n",
+            body,
+        )
+    }
+}
+
+#[test]
+fn max_unavailable_zero() {
+    let repo = seed().rollout("  max_unavailable: 0\n  paused: false\n");
+    assert_problems(
+        &repo,
+        &[
+            "cluster.yaml:97:20: rollout.max_unavailable must be at least 1: with 0 no node could ever restart",
+        ],
+    );
+}
+
+#[test]
+fn max_unavailable_per_az_zero() {
+    let repo = seed().rollout("  max_unavailable: 2\n  max_unavailable_per_az: 0\n");
+    assert_problems(
+        &repo,
+        &[
+            "cluster.yaml:98:27: rollout.max_unavailable_per_az must be at least 1: with 0 no node could ever restart; remove it to let only max_unavailable apply",
+        ],
+    );
+}
+
+#[test]
+fn negative_max_unavailable() {
+    let repo = seed().rollout("  max_unavailable: -1\n");
+    let problems = repo.problems();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].starts_with("cluster.yaml:97:20: "),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn maintenance_window_start_24_00() {
+    let repo = seed().rollout(
+        "  maintenance_windows:\n    - days: [sat]\n      start: \"24:00\"\n      duration: 4h\n",
+    );
+    assert_problems(
+        &repo,
+        &[
+            r#"cluster.yaml:99:14: time "24:00" must be HH:MM in UTC, from 00:00 to 23:59, e.g. 02:30"#,
+        ],
+    );
+}
+
+#[test]
+fn maintenance_window_start_without_leading_zeros() {
+    let repo = seed().rollout("  maintenance_windows:\n    - start: \"7:5\"\n      duration: 4h\n");
+    assert_problems(
+        &repo,
+        &[
+            r#"cluster.yaml:98:14: time "7:5" must be HH:MM in UTC, from 00:00 to 23:59, e.g. 02:30"#,
+        ],
+    );
+}
+
+#[test]
+fn maintenance_window_unknown_day() {
+    let repo = seed().rollout(
+        "  maintenance_windows:\n    - days: [saturday]\n      start: \"02:00\"\n      duration: 4h\n",
+    );
+    assert_problems(
+        &repo,
+        &[
+            "cluster.yaml:98:14: unknown variant `saturday`, expected one of mon, tue, wed, thu, fri, sat, sun",
+        ],
+    );
+}
+
+#[test]
+fn maintenance_window_of_zero_length() {
+    let repo =
+        seed().rollout("  maintenance_windows:\n    - start: \"02:00\"\n      duration: 0s\n");
+    assert_problems(
+        &repo,
+        &["cluster.yaml:99:17: maintenance window duration 0s must be more than 0"],
+    );
+}
+
+#[test]
+fn maintenance_window_longer_than_a_week() {
+    let repo = seed().rollout(
+        "  maintenance_windows:\n    - days: [mon]\n      start: \"02:00\"\n      duration: 8d\n",
+    );
+    assert_problems(
+        &repo,
+        &[
+            "cluster.yaml:100:17: maintenance window duration 8d is longer than a week; at most 7d (a window repeats every week)",
+        ],
+    );
+}
+
+#[test]
+fn unknown_key_in_a_maintenance_window() {
+    let repo = seed().rollout(
+        "  maintenance_windows:\n    - start: \"02:00\"\n      duration: 1h\n      timezone: CET\n",
+    );
+    let problems = repo.problems();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].starts_with("cluster.yaml:100:7: ") && problems[0].contains("timezone"),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn a_valid_rollout_policy_loads() {
+    let repo = seed().rollout(
+        "  max_unavailable: 2\n  max_unavailable_per_az: 1\n  paused: true\n  maintenance_windows:\n    - days: [sat, sun]\n      start: \"22:00\"\n      duration: 7d\n    - start: \"02:30\"\n      duration: 30m\n",
+    );
+    assert_eq!(repo.problems(), Vec::<String>::new());
+    let model = load_files(&repo.0).expect("loads");
+    let rollout = &model.cluster.rollout;
+    assert_eq!(*rollout.max_unavailable, 2);
+    assert_eq!(rollout.max_unavailable_per_az.as_deref(), Some(&1));
+    assert!(rollout.paused);
+    assert_eq!(rollout.maintenance_windows.len(), 2);
+    assert_eq!(rollout.maintenance_windows[1].start.minutes(), 150);
+    assert!(rollout.maintenance_windows[1].days.is_empty());
 }

@@ -23,8 +23,8 @@ use super::auth::{SIGNATURE_HEADER, bearer_token, webhook_signature_valid};
 use super::tls::PeerNode;
 use super::{Coordinator, Refusal};
 use crate::protocol::{
-    CertificateRequestBody, CertificateResponse, EnrolmentResponse, Lease, LeaseRequest, NodeView,
-    Nudge, StatusReport,
+    CertificateRequestBody, CertificateResponse, EnrolmentResponse, HaltRequest, Lease,
+    LeaseRequest, NodeView, Nudge, ResumeRequest, RolloutView, StatusReport,
 };
 
 /// The largest request body accepted, on every endpoint.
@@ -53,6 +53,9 @@ pub fn router(state: Arc<Coordinator>) -> Router {
             "/v1/leases/{role}",
             post(acquire_lease).put(renew_lease).delete(release_lease),
         )
+        .route("/v1/leases/{role}/halt", post(halt_rollout))
+        .route("/v1/rollout", get(get_rollout))
+        .route("/v1/rollout/resume", post(resume_rollout))
         .route("/v1/nudges", get(poll_nudges))
         .route("/v1/nudge", post(post_nudge))
         .route("/v1/hooks/git", post(git_webhook))
@@ -213,6 +216,28 @@ pub fn render_metrics(coordinator: &Coordinator) -> String {
             })
             .collect(),
     );
+    let rollout = coordinator.rollout();
+    family(
+        "kraftops_coordinator_rollout_halted",
+        "gauge",
+        "1 while a role's rollout is halted (a restart failed), by role.",
+        rollout
+            .roles
+            .iter()
+            .map(|r| {
+                (
+                    format!("{{role=\"{}\"}}", r.role),
+                    u64::from(!r.halted.is_empty()),
+                )
+            })
+            .collect(),
+    );
+    family(
+        "kraftops_coordinator_rollout_paused",
+        "gauge",
+        "1 while rollout.paused is set in cluster.yaml.",
+        vec![(String::new(), u64::from(rollout.paused))],
+    );
     family(
         "kraftops_coordinator_nudge_generation",
         "counter",
@@ -347,6 +372,38 @@ async fn release_lease(
     let (authenticated, role, request) = lease_call(&coordinator, &peer, role, &headers, body)?;
     coordinator.release_lease(&authenticated, &role, &request)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn halt_rollout(
+    State(coordinator): Shared,
+    peer: Peer,
+    role: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Json<HaltRequest>, JsonRejection>,
+) -> Result<Json<Lease>, Refusal> {
+    let authenticated = coordinator.authenticate(peer_of(&peer), bearer_token(&headers))?;
+    let role = path_param(role)?;
+    let request = json_body(body)?;
+    coordinator
+        .halt_rollout(&authenticated, &role, request)
+        .map(Json)
+}
+
+async fn get_rollout(State(coordinator): Shared) -> Json<RolloutView> {
+    Json(coordinator.rollout())
+}
+
+async fn resume_rollout(
+    State(coordinator): Shared,
+    peer: Peer,
+    headers: HeaderMap,
+    body: Result<Json<ResumeRequest>, JsonRejection>,
+) -> Result<Json<RolloutView>, Refusal> {
+    let authenticated = coordinator.authenticate(peer_of(&peer), bearer_token(&headers))?;
+    let request = json_body(body)?;
+    coordinator
+        .resume_rollout(&authenticated, &request)
+        .map(Json)
 }
 
 #[derive(Debug, Deserialize)]

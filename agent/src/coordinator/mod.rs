@@ -8,8 +8,11 @@
 //! `lease_ttl_max` has passed. `docs/coordinator-protocol.md` describes the
 //! HTTP API; `crate::protocol` holds its types.
 //!
-//! **Invariant:** at most one live lease per role, and every grant's fencing
-//! id is larger than every earlier one, across coordinator restarts too.
+//! **Invariant:** at most `rollout.max_unavailable` live leases per role
+//! (and `max_unavailable_per_az` per role and AZ), none while the role is
+//! halted, rollouts are paused or no maintenance window is open; every
+//! grant's fencing id is larger than every earlier one, across coordinator
+//! restarts too.
 
 mod alerts;
 mod auth;
@@ -17,6 +20,7 @@ mod clock;
 mod http;
 mod leases;
 mod refusal;
+mod rollout;
 pub mod service;
 pub mod tls;
 
@@ -36,10 +40,11 @@ pub use auth::SIGNATURE_HEADER;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use http::{DEFAULT_POLL_SECONDS, MAX_BODY_BYTES, MAX_POLL_SECONDS, router, serve};
 pub use refusal::Refusal;
+pub use rollout::{FRESH_REPORT_SECONDS, RolloutRules};
 
 use crate::protocol::{
-    CertificateRequestBody, CertificateResponse, EnrolmentResponse, Lease, LeaseRequest, NodeView,
-    StatusReport,
+    CertificateRequestBody, CertificateResponse, EnrolmentResponse, HaltRequest, Lease,
+    LeaseRequest, NodeView, ResumeRequest, RolloutView, StatusReport,
 };
 use alerts::AlertLog;
 use auth::{TokenDigest, digests_equal, token_digest};
@@ -58,6 +63,11 @@ pub struct ClusterView {
     pub lease_ttl_max: Duration,
     /// How long a signed node certificate is valid.
     pub cert_validity: Duration,
+    /// `rollout:` of cluster.yaml: budgets, windows, pause.
+    pub rollout: RolloutRules,
+    /// The commit the view was built from (`None` in tests). A view of
+    /// another commit clears halted rollouts.
+    pub revision: Option<String>,
 }
 
 impl fmt::Debug for ClusterView {
@@ -72,6 +82,8 @@ impl fmt::Debug for ClusterView {
             )
             .field("lease_ttl_max", &self.lease_ttl_max)
             .field("cert_validity", &self.cert_validity)
+            .field("rollout", &self.rollout)
+            .field("revision", &self.revision)
             .finish()
     }
 }
@@ -80,6 +92,8 @@ impl fmt::Debug for ClusterView {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeEntry {
     pub role: String,
+    /// Its availability zone (`az` in nodes.yaml), for the per-AZ budget.
+    pub az: String,
     /// Subject alternative names its certificate may carry.
     pub dns_names: Vec<String>,
     pub ips: Vec<IpAddr>,
@@ -110,6 +124,8 @@ struct Roster {
     tokens: Vec<(String, TokenDigest)>,
     lease_ttl_max: u64,
     cert_validity: Duration,
+    rollout: RolloutRules,
+    revision: Option<String>,
 }
 
 impl fmt::Debug for Roster {
@@ -121,6 +137,8 @@ impl fmt::Debug for Roster {
             .field("tokens", &self.tokens.len())
             .field("lease_ttl_max", &self.lease_ttl_max)
             .field("cert_validity", &self.cert_validity)
+            .field("rollout", &self.rollout)
+            .field("revision", &self.revision)
             .finish()
     }
 }
@@ -144,6 +162,8 @@ impl Roster {
             tokens,
             lease_ttl_max: view.lease_ttl_max.as_secs(),
             cert_validity: view.cert_validity,
+            rollout: view.rollout,
+            revision: view.revision,
         }
     }
 
@@ -318,16 +338,27 @@ impl Coordinator {
     }
 
     /// Replaces the view (a new commit was applied). Reports of nodes no
-    /// longer in it are dropped; leases run out on their own.
+    /// longer in it are dropped; leases run out on their own; a rollout
+    /// halted under another revision is cleared (the new commit is the fix,
+    /// or the operator's decision to go on).
     pub fn set_view(&self, view: ClusterView) {
+        let now = self.clock.now();
         let mut state = self.lock();
         state.cluster = view.cluster.clone();
+        let revision = view.revision.clone();
         state.roster = Roster::new(view);
         let State {
-            roster, reports, ..
+            roster,
+            reports,
+            leases,
+            ..
         } = &mut *state;
         reports.retain(|node, _| roster.nodes.contains_key(node));
-        tracing::info!(cluster = %state.cluster, nodes = state.roster.nodes.len(), "cluster view replaced");
+        let cleared = leases.new_revision(revision.as_deref(), now);
+        if cleared > 0 {
+            tracing::info!(revision = ?revision, cleared, "a new commit cleared halted rollouts");
+        }
+        tracing::info!(cluster = %state.cluster, nodes = state.roster.nodes.len(), revision = ?revision, "cluster view replaced");
     }
 
     /// Wakes every agent's nudge long-poll: the generation grows by one.
@@ -645,9 +676,17 @@ impl Coordinator {
                 wait_seconds: grace_until - now,
             });
         }
+        state.leases.note_expiries(now);
+        let revision = request.revision.as_deref();
+        match rollout::admit(&state, role, &request.node, revision, now)? {
+            rollout::Admission::Holding(lease) => return Ok(lease),
+            rollout::Admission::Grant => {}
+        }
         self.record_lease_until(now.saturating_add(ttl))?;
-        let lease = state.leases.acquire(role, &request.node, ttl, now)?;
-        tracing::info!(%role, holder = %lease.holder, fencing = lease.fencing, expires_in_seconds = lease.expires_in_seconds, "lease granted");
+        let lease = state
+            .leases
+            .grant(role, &request.node, ttl, request.revision.clone(), now);
+        tracing::info!(%role, holder = %lease.holder, fencing = lease.fencing, expires_in_seconds = lease.expires_in_seconds, others = ?lease.others, revision = ?lease.revision, "lease granted");
         Ok(lease)
     }
 
@@ -697,18 +736,87 @@ impl Coordinator {
         role: &str,
         request: &LeaseRequest,
     ) -> Result<(), Refusal> {
+        let now = self.clock.now();
         let mut state = self.lock();
         Self::authorize(&state, authenticated, &request.node)?;
         let fencing = Self::fencing_of(request)?;
-        state.leases.release(role, &request.node, fencing)?;
+        state.leases.release(role, &request.node, fencing, now)?;
         tracing::info!(%role, holder = %request.node, fencing, "lease released");
         Ok(())
     }
 
-    /// The live leases, by role.
+    /// The holder of grant `request.fencing` of `role` reports a failed
+    /// restart: the grant stops expiring and the role grants nothing until
+    /// a new commit or a resume clears it.
+    pub(crate) fn halt_rollout(
+        &self,
+        authenticated: &str,
+        role: &str,
+        request: HaltRequest,
+    ) -> Result<Lease, Refusal> {
+        let now = self.clock.now();
+        let mut state = self.lock();
+        Self::authorize(&state, authenticated, &request.node)?;
+        let entry = state.roster.entry(&request.node)?;
+        if entry.role != role {
+            return Err(Refusal::WrongRole {
+                node: request.node.clone(),
+                actual: entry.role.clone(),
+                requested: role.to_owned(),
+            });
+        }
+        let view_revision = state.roster.revision.clone();
+        let lease = state.leases.halt(
+            role,
+            &request.node,
+            request.fencing,
+            request.revision,
+            &request.reason,
+            view_revision.as_deref(),
+            now,
+        )?;
+        tracing::warn!(%role, node = %request.node, fencing = request.fencing, reason = %request.reason, "rollout halted");
+        Ok(lease)
+    }
+
+    /// Clears the halt of `request.role` (every role when none), asked by
+    /// any node. Nothing halted is a refusal, so a mistyped role is noticed.
+    pub(crate) fn resume_rollout(
+        &self,
+        authenticated: &str,
+        request: &ResumeRequest,
+    ) -> Result<RolloutView, Refusal> {
+        let now = self.clock.now();
+        let mut state = self.lock();
+        Self::authorize(&state, authenticated, &request.node)?;
+        state.leases.note_expiries(now);
+        let cleared = state
+            .leases
+            .resume(request.role.as_deref(), &request.node, now);
+        if cleared == 0 {
+            return Err(Refusal::NotHalted {
+                role: request.role.clone(),
+            });
+        }
+        tracing::info!(role = ?request.role, by = %request.node, cleared, "rollout resumed");
+        Ok(rollout::view(&state, now))
+    }
+
+    /// Where the rollout stands: policy, window, grants, halts, waiting
+    /// nodes and the lease history.
+    pub fn rollout(&self) -> RolloutView {
+        let now = self.clock.now();
+        let mut state = self.lock();
+        state.leases.note_expiries(now);
+        rollout::view(&state, now)
+    }
+
+    /// The live leases (halted ones included), by role.
     pub fn leases(&self) -> Vec<Lease> {
         let now = self.clock.now();
-        self.lock().leases.live(now)
+        let mut state = self.lock();
+        state.leases.note_expiries(now);
+        state.leases.live(now)
     }
 
     pub(crate) fn webhook_secret(&self) -> Option<&[u8]> {

@@ -38,12 +38,42 @@ pub enum Refusal {
     /// status is the extractor's.
     #[error("{message}")]
     Unreadable { status: StatusCode, message: String },
-    #[error("the {role} lease is held by {holder} for {expires_in_seconds} more seconds")]
+    /// Every slot of the role is taken: `(holder, seconds left)` of each.
+    #[error("the {role} lease is held by {}", holders_text(holders))]
     LeaseHeld {
         role: String,
-        holder: String,
-        expires_in_seconds: u64,
+        holders: Vec<(String, u64)>,
     },
+    #[error("the {role} budget of {az} is used by {}", and_list(holders))]
+    AzBudgetUsed {
+        role: String,
+        az: String,
+        holders: Vec<String>,
+    },
+    #[error("rollouts are paused (rollout.paused in cluster.yaml)")]
+    RolloutPaused,
+    #[error("outside the maintenance windows{}", next_window_text(*next_open, *now))]
+    OutsideWindows { next_open: Option<u64>, now: u64 },
+    #[error(
+        "the {role} rollout is halted: {node} failed{}: {reason}; push a new commit, or POST /v1/rollout/resume",
+        revision.as_deref().map(|r| format!(" at {}", super::rollout::short(r))).unwrap_or_default()
+    )]
+    RolloutHalted {
+        role: String,
+        node: String,
+        revision: Option<String>,
+        reason: String,
+    },
+    /// A node of an earlier role (controllers before brokers before
+    /// Connect) is not done: `detail` says what it is doing.
+    #[error("{earlier_role}s first: {node} {detail}")]
+    EarlierRoleBusy {
+        earlier_role: String,
+        node: String,
+        detail: String,
+    },
+    #[error("{}", match role { Some(role) => format!("the {role} rollout is not halted"), None => "no rollout is halted".to_owned() })]
+    NotHalted { role: Option<String> },
     #[error("no {role} lease is held")]
     LeaseNotHeld { role: String },
     #[error("fencing {presented} does not match the current {role} lease")]
@@ -86,12 +116,18 @@ impl Refusal {
             Self::WrongNode { .. } | Self::NodeMismatch { .. } | Self::WrongRole { .. } => {
                 StatusCode::FORBIDDEN
             }
-            Self::UnknownNode(_) | Self::WebhookDisabled | Self::NoSuchEndpoint => {
-                StatusCode::NOT_FOUND
-            }
+            Self::UnknownNode(_)
+            | Self::WebhookDisabled
+            | Self::NoSuchEndpoint
+            | Self::NotHalted { .. } => StatusCode::NOT_FOUND,
             Self::SignerRefused(_) | Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unreadable { status, .. } => *status,
             Self::LeaseHeld { .. }
+            | Self::AzBudgetUsed { .. }
+            | Self::RolloutPaused
+            | Self::OutsideWindows { .. }
+            | Self::RolloutHalted { .. }
+            | Self::EarlierRoleBusy { .. }
             | Self::LeaseNotHeld { .. }
             | Self::FencingMismatch { .. }
             | Self::LeaseExpired { .. } => StatusCode::CONFLICT,
@@ -117,5 +153,34 @@ impl IntoResponse for Refusal {
             _ => {}
         }
         response
+    }
+}
+
+/// `a`, `a and b`, `a, b and c`.
+fn and_list(items: &[String]) -> String {
+    match items.split_last() {
+        None => String::new(),
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+    }
+}
+
+/// `broker-1 for 412 more seconds and broker-3 for 20 more seconds`.
+fn holders_text(holders: &[(String, u64)]) -> String {
+    let each: Vec<String> = holders
+        .iter()
+        .map(|(holder, seconds)| format!("{holder} for {seconds} more seconds"))
+        .collect();
+    and_list(&each)
+}
+
+fn next_window_text(next_open: Option<u64>, now: u64) -> String {
+    match next_open {
+        Some(at) => format!(
+            "; the next opens at {} (in {} s)",
+            desired_state::format_utc(at),
+            at.saturating_sub(now)
+        ),
+        None => String::new(),
     }
 }

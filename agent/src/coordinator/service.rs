@@ -15,8 +15,8 @@ use roles::observability::CoordinatorConfig;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    ClusterView, Coordinator, CsrSigner, NodeEntry, ServerCertificate, SystemClock, serve_tls,
-    server_config,
+    ClusterView, Coordinator, CsrSigner, NodeEntry, RolloutRules, ServerCertificate, SystemClock,
+    serve_tls, server_config,
 };
 use crate::certs::{Ca, NodeIdentity};
 use crate::config::AgentConfig;
@@ -50,8 +50,9 @@ impl CsrSigner for CaSigner {
     }
 }
 
-/// The coordinator's view of `model`: nodes with their names, join tokens,
-/// lease and certificate lifetimes; and the CA.
+/// The coordinator's view of `model`: nodes with their names and AZs, join
+/// tokens, lease and certificate lifetimes, the rollout policy; and the CA.
+/// Its `revision` is `None`: the caller knows the commit.
 pub fn view_of(model: &Model, identity: &Identity) -> anyhow::Result<(ClusterView, Ca)> {
     let mut nodes = BTreeMap::new();
     let mut join_tokens = BTreeMap::new();
@@ -61,6 +62,7 @@ pub fn view_of(model: &Model, identity: &Identity) -> anyhow::Result<(ClusterVie
             name.clone(),
             NodeEntry {
                 role: n.role.to_string(),
+                az: n.az.to_string(),
                 dns_names: vec![model.fqdn(n)],
                 ips: vec![IpAddr::V4(n.address.value)],
             },
@@ -85,6 +87,8 @@ pub fn view_of(model: &Model, identity: &Identity) -> anyhow::Result<(ClusterVie
         join_tokens,
         lease_ttl_max: Duration::from_secs(model.cluster.rollout.lease_ttl.as_secs()),
         cert_validity: Duration::from_secs(model.cluster.security.ca.cert_validity.as_secs()),
+        rollout: RolloutRules::of(&model.cluster.rollout),
+        revision: None,
     };
     Ok((view, ca))
 }
@@ -177,7 +181,8 @@ pub async fn run(config_path: &Path, agent: AgentConfig) -> anyhow::Result<()> {
     })
     .await
     .context("the loading thread panicked")??;
-    let (view, ca) = view_of(&model, &identity)?;
+    let (mut view, ca) = view_of(&model, &identity)?;
+    view.revision = Some(head.clone());
     let ca = Arc::new(ca);
     let signer: Arc<dyn CsrSigner> = Arc::new(CaSigner(Arc::clone(&ca)));
     let tls = match &config.tls_listen {
@@ -290,7 +295,8 @@ pub async fn run(config_path: &Path, agent: AgentConfig) -> anyhow::Result<()> {
         repo = back;
         match loaded {
             Ok((head, model)) if head != last => match view_of(&model, &identity) {
-                Ok((view, _)) => {
+                Ok((mut view, _)) => {
+                    view.revision = Some(head.clone());
                     tracing::info!(commit = %head, "cluster view updated");
                     tls_view = view.clone();
                     coordinator.set_view(view);

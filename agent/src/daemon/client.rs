@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::protocol::{
-    CertificateRequestBody, CertificateResponse, EnrolmentResponse, Lease, LeaseRequest, Nudge,
-    StatusReport,
+    CertificateRequestBody, CertificateResponse, EnrolmentResponse, HaltRequest, Lease,
+    LeaseRequest, Nudge, ResumeRequest, RolloutView, StatusReport,
 };
 
 /// Why a coordinator call failed.
@@ -414,18 +414,50 @@ impl CoordinatorClient {
         .map_err(|e| self.unreachable(e))
     }
 
-    /// `POST /v1/leases/{role}` (blocking). Held by another node or in the
-    /// coordinator's restart grace (409/503) is `Busy`, not an error.
-    pub fn acquire(&self, role: &str, ttl_seconds: u64) -> Result<LeaseAnswer, ClientError> {
+    /// `POST /v1/leases/{role}` (blocking), for a restart to `revision`
+    /// when given. Refused by the rollout policy (every slot taken, paused,
+    /// outside the maintenance windows, halted, an earlier role not done:
+    /// 409) or in the coordinator's restart grace (503) is `Busy` with the
+    /// coordinator's message, not an error.
+    pub fn acquire(
+        &self,
+        role: &str,
+        ttl_seconds: u64,
+        revision: Option<&str>,
+    ) -> Result<LeaseAnswer, ClientError> {
         let body = LeaseRequest {
             node: self.node.clone(),
             ttl_seconds,
             fencing: None,
+            revision: revision.map(str::to_owned),
         };
         let path = format!("/v1/leases/{role}");
-        match self.send_blocking(reqwest::Method::POST, &path, &body, || {
+        self.lease_answer(self.send_blocking(reqwest::Method::POST, &path, &body, || {
             format!("a lease for {role}")
-        }) {
+        }))
+    }
+
+    /// `PUT /v1/leases/{role}` (blocking): extends `lease` to `ttl_seconds`
+    /// from now. A lease that is no longer this node's (expired, another
+    /// fencing id: 409) is `Busy`.
+    pub fn renew(&self, lease: &Lease, ttl_seconds: u64) -> Result<LeaseAnswer, ClientError> {
+        let body = LeaseRequest {
+            node: self.node.clone(),
+            ttl_seconds,
+            fencing: Some(lease.fencing),
+            revision: lease.revision.clone(),
+        };
+        let path = format!("/v1/leases/{}", lease.role);
+        self.lease_answer(self.send_blocking(reqwest::Method::PUT, &path, &body, || {
+            format!("renewing the {} lease", lease.role)
+        }))
+    }
+
+    fn lease_answer(
+        &self,
+        sent: Result<reqwest::blocking::Response, ClientError>,
+    ) -> Result<LeaseAnswer, ClientError> {
+        match sent {
             Ok(resp) => resp
                 .json()
                 .map(LeaseAnswer::Granted)
@@ -445,12 +477,76 @@ impl CoordinatorClient {
             node: self.node.clone(),
             ttl_seconds: 0,
             fencing: Some(lease.fencing),
+            revision: None,
         };
         let path = format!("/v1/leases/{}", lease.role);
         self.send_blocking(reqwest::Method::DELETE, &path, &body, || {
             format!("releasing the {} lease", lease.role)
         })
         .map(drop)
+    }
+
+    /// `POST /v1/leases/{role}/halt` (blocking): the restart under `lease`
+    /// failed at `revision`; the role's rollout stops until a new commit
+    /// or a resume. The lease stays held and stops expiring.
+    pub fn halt(
+        &self,
+        lease: &Lease,
+        revision: Option<&str>,
+        reason: &str,
+    ) -> Result<(), ClientError> {
+        let body = HaltRequest {
+            node: self.node.clone(),
+            fencing: lease.fencing,
+            revision: revision.map(str::to_owned),
+            reason: reason.to_owned(),
+        };
+        let path = format!("/v1/leases/{}/halt", lease.role);
+        self.send_blocking(reqwest::Method::POST, &path, &body, || {
+            format!("halting the {} rollout", lease.role)
+        })
+        .map(drop)
+    }
+
+    /// `POST /v1/rollout/resume` (blocking): clears the halt of `role`, or
+    /// of every role. Nothing halted is `Refused` with status 404.
+    pub fn resume(&self, role: Option<&str>) -> Result<RolloutView, ClientError> {
+        let body = ResumeRequest {
+            node: self.node.clone(),
+            role: role.map(str::to_owned),
+        };
+        self.send_blocking(reqwest::Method::POST, "/v1/rollout/resume", &body, || {
+            "resuming the rollout".to_owned()
+        })?
+        .json()
+        .map_err(|e| self.unreachable(e))
+    }
+
+    /// `GET /v1/nodes` (blocking): every node with its latest report.
+    pub fn nodes(&self) -> Result<Vec<crate::protocol::NodeView>, ClientError> {
+        self.get_blocking("/v1/nodes", || "the node list".to_owned())
+    }
+
+    /// `GET {path}` (blocking); reads need no authentication, but the
+    /// token goes along in join-token mode like on every call.
+    fn get_blocking<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        what: impl FnOnce() -> String,
+    ) -> Result<T, ClientError> {
+        let mut request = self.blocking()?.get(format!("{}{path}", self.base));
+        if let Auth::Token(token) = &self.auth {
+            request = request.bearer_auth(token);
+        }
+        let resp = request.send().map_err(|e| self.unreachable(e))?;
+        Self::check_blocking(resp, what)?
+            .json()
+            .map_err(|e| self.unreachable(e))
+    }
+
+    /// `GET /v1/rollout` (blocking).
+    pub fn rollout(&self) -> Result<RolloutView, ClientError> {
+        self.get_blocking("/v1/rollout", || "the rollout view".to_owned())
     }
 
     /// `POST /v1/nodes/{node}/status`.

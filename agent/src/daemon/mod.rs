@@ -41,6 +41,8 @@ fn initial_status(config: &AgentConfig) -> StatusReport {
         last_error: None,
         drift: Vec::new(),
         reported_at: now(),
+        waiting: None,
+        restarts: Vec::new(),
     }
 }
 

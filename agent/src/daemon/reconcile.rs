@@ -499,7 +499,7 @@ impl Reconciler {
                 on_phase(Phase::WaitingForLease);
                 let mut wait = Duration::from_secs(1);
                 loop {
-                    match client.acquire(&role, ttl).map_err(|e| chain(&e))? {
+                    match client.acquire(&role, ttl, None).map_err(|e| chain(&e))? {
                         LeaseAnswer::Granted(lease) => break Some(lease),
                         LeaseAnswer::Busy(why) => {
                             tracing::info!(role = %role, reason = %why, "waiting for the restart lease");
