@@ -107,7 +107,7 @@ pub(crate) fn render(ctx: &Ctx<'_>, plan: &mut Plan) -> Result<(), RenderError> 
     plan.directories
         .extend(log_dirs.iter().map(|d| kafka::kafka_dir(d)));
     plan.files.extend([
-        kafka::server_properties(&props),
+        kafka::server_properties(&props, OnChange::KafkaConfig(layout::KAFKA_UNIT.to_owned())),
         kafka::secrets_file(ctx, inter_broker_user, layout::KAFKA_UNIT)?,
         kafka::kafka_env(ctx, &spec.heap, ports.broker_jmx, layout::KAFKA_UNIT)?,
         kafka::jmx_exporter_config(JmxRules::KafkaServer, layout::KAFKA_UNIT)?,

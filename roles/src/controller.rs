@@ -53,7 +53,9 @@ pub(crate) fn render(ctx: &Ctx<'_>, plan: &mut Plan) -> Result<(), RenderError> 
 
     plan.directories.push(kafka::kafka_dir(metadata_dir));
     plan.files.extend([
-        kafka::server_properties(&props),
+        // Controllers restart for any change: their dynamic configs are not
+        // applied live (a gated restart keeps the quorum's majority).
+        kafka::server_properties(&props, restart.clone()),
         format_env,
         kafka::kafka_env(
             ctx,

@@ -209,13 +209,14 @@ pub(crate) fn kafka_dir(path: &str) -> PlannedDir {
     }
 }
 
-/// `server.properties`. Kafka reads it only at start; keys that can change
-/// at runtime are applied by the agent through the Admin API instead.
-pub(crate) fn server_properties(props: &Props) -> PlannedFile {
+/// `server.properties`. Kafka reads it at start; on a broker, keys that can
+/// change at runtime are applied by the agent through the Admin API instead
+/// (`on_change` is then [`OnChange::KafkaConfig`]).
+pub(crate) fn server_properties(props: &Props, on_change: OnChange) -> PlannedFile {
     PlannedFile::config(
         layout::SERVER_PROPERTIES,
         properties::render(MANAGED_HEADER, props),
-        OnChange::Restart(layout::KAFKA_UNIT.to_owned()),
+        on_change,
     )
 }
 

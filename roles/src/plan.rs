@@ -68,6 +68,11 @@ pub enum OnChange {
     /// Kafka re-reads the file when told to through the Admin API
     /// (listener keystores/truststores), so no restart is needed.
     KafkaDynamicReload(String),
+    /// A broker's `server.properties`: the keys Kafka can change at runtime
+    /// (DescribeConfigs says they are not read-only) are applied through the
+    /// Admin API without a restart; any other changed key needs a (gated)
+    /// restart of the unit.
+    KafkaConfig(String),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
