@@ -12,8 +12,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use kraftops_agent::apply::{
-    Applier, ApplyError, CommandError, NoServiceManager, RecordingServiceManager, ServiceCall,
-    ServiceManager, Systemctl, TEMP_PREFIX, parse_sha512_file, sha512_digest,
+    Applier, ApplyError, CommandError, NoServiceManager, PendingKafka, RecordingServiceManager,
+    ServiceCall, ServiceManager, Systemctl, TEMP_PREFIX, parse_sha512_file, sha512_digest,
 };
 use roles::{
     AptPackage, Artifact, OnChange, Plan, PlannedDir, PlannedFile, PlannedUnit, Role, SystemUser,
@@ -662,6 +662,11 @@ fn classes_plan(rev: &str) -> Plan {
             OnChange::Reload("web.service".to_owned()),
         ),
         file("/etc/demo/restart.conf", rev, restart("db.service")),
+        file(
+            "/etc/demo/server.properties",
+            rev,
+            OnChange::KafkaConfig("kafka.service".to_owned()),
+        ),
     ];
     p.units = vec![
         unit("db.service", "[Service]\n"),
@@ -685,7 +690,7 @@ fn change_classes_produce_the_right_calls_and_restarts_survive_the_agent() {
 
     let two = classes_plan("two\n");
     let report = applier.apply(&two).expect("apply two");
-    assert_eq!(report.changed.len(), 6, "{:?}", report.changed);
+    assert_eq!(report.changed.len(), 7, "{:?}", report.changed);
     assert_eq!(
         rec.take_calls(),
         vec![
@@ -698,16 +703,33 @@ fn change_classes_produce_the_right_calls_and_restarts_survive_the_agent() {
     );
     assert_eq!(report.started, strings(&["idle.service"]));
     assert_eq!(report.reloaded, strings(&["web.service"]));
-    // Restart and (for now) Kafka dynamic reload wait for the lease, and so
-    // does a running unit whose definition changed.
+    // Restarts wait for the lease, and so does a running unit whose
+    // definition changed. A Kafka config change and a keystore rewrite are
+    // Kafka work for the agent (live through the Admin API), with the file
+    // as the running Kafka knew it.
     assert_eq!(
         report.pending_restarts,
-        strings(&["db.service", "def.service", "kafka.service"])
+        strings(&["db.service", "def.service"])
+    );
+    let kafka_work = PendingKafka {
+        config_before: Some("one\n".to_owned()),
+        reload_tls: true,
+    };
+    assert_eq!(
+        applier.pending_kafka(),
+        [("kafka.service".to_owned(), kafka_work.clone())].into()
     );
 
-    // The agent restarts before it gets the lease: the restarts are still due.
+    // The agent restarts before it gets to Kafka or the lease: all still due.
     drop(applier);
     let mut applier = node.applier(rec.clone());
+    assert_eq!(
+        applier.pending_kafka(),
+        [("kafka.service".to_owned(), kafka_work)].into()
+    );
+    // Kafka could not take it all live: a restart, under the lease.
+    applier.kafka_done("kafka.service", true).expect("recorded");
+    assert!(applier.pending_kafka().is_empty());
     assert_eq!(
         applier.pending_restarts(),
         strings(&["db.service", "def.service", "kafka.service"])
@@ -789,7 +811,14 @@ fn an_apply_interrupted_after_writing_still_reloads_and_restarts_later() {
     assert_eq!(report.reloaded, strings(&["web.service"]));
     assert_eq!(
         report.pending_restarts,
-        strings(&["db.service", "def.service", "idle.service", "kafka.service"])
+        strings(&["db.service", "def.service", "idle.service"])
+    );
+    assert_eq!(
+        applier.pending_kafka()["kafka.service"]
+            .config_before
+            .as_deref(),
+        Some("one\n"),
+        "the Kafka work the interrupted apply owed is due, against the file before it"
     );
 }
 

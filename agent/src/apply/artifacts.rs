@@ -557,7 +557,7 @@ impl Applier {
         let current = link_target(target);
         let changed = current.as_deref() != Some(name.as_str());
         if changed {
-            self.note_change(&a.on_change, status)?;
+            self.note_change(&a.on_change, status, target)?;
             self.save_state()?;
             atomic::switch_symlink(target, &name)?;
         }
@@ -610,7 +610,7 @@ impl Applier {
                 }
             };
             if let Err(e) = self
-                .note_change(&a.on_change, status)
+                .note_change(&a.on_change, status, target)
                 .and_then(|()| self.save_state())
             {
                 let _ = fs::remove_file(temp);
@@ -683,7 +683,7 @@ impl Applier {
         };
         tracing::info!(artifact = %a.name, package = %spec, "installing apt package");
         apt(&["update", "-q"])?;
-        self.note_change(&a.on_change, status)?;
+        self.note_change(&a.on_change, status, Path::new(&a.install_to))?;
         self.save_state()?;
         apt(&[
             "install",

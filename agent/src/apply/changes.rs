@@ -17,20 +17,24 @@ pub enum ChangeAction<'a> {
     /// Restart the unit later, under the coordinator's restart lease: recorded
     /// as a pending restart (persisted), carried out by `Applier::restart`.
     RestartWithLease(&'a str),
+    /// Kafka's own configuration changed: recorded (with the file as it was)
+    /// as pending Kafka work; after the apply the agent applies what Kafka
+    /// can take live through the Admin API and turns the rest into a restart.
+    KafkaConfig(&'a str),
+    /// A listener keystore or truststore was rewritten: recorded as pending
+    /// Kafka work; the agent makes Kafka re-read it through the Admin API, and
+    /// restarts (under the lease) only if that fails.
+    KafkaReload(&'a str),
 }
 
 /// The action for a change class.
-///
-/// Seam: `KafkaDynamicReload` is a pending restart for now. The Kafka-aware
-/// dynamic reload (re-reading listener keystores/truststores through the Admin
-/// API, no restart) replaces that arm when it lands; nothing else in the
-/// applier needs to change.
 pub fn change_action(on_change: &OnChange) -> ChangeAction<'_> {
     match on_change {
         OnChange::Nothing => ChangeAction::Nothing,
         OnChange::Reload(unit) => ChangeAction::ReloadNow(unit),
         OnChange::Restart(unit) => ChangeAction::RestartWithLease(unit),
-        OnChange::KafkaDynamicReload(unit) => ChangeAction::RestartWithLease(unit),
+        OnChange::KafkaDynamicReload(unit) => ChangeAction::KafkaReload(unit),
+        OnChange::KafkaConfig(unit) => ChangeAction::KafkaConfig(unit),
     }
 }
 
@@ -51,8 +55,12 @@ mod tests {
             ChangeAction::RestartWithLease("kafka.service")
         );
         assert_eq!(
-            change_action(&OnChange::KafkaDynamicReload(u)),
-            ChangeAction::RestartWithLease("kafka.service")
+            change_action(&OnChange::KafkaDynamicReload(u.clone())),
+            ChangeAction::KafkaReload("kafka.service")
+        );
+        assert_eq!(
+            change_action(&OnChange::KafkaConfig(u)),
+            ChangeAction::KafkaConfig("kafka.service")
         );
     }
 }

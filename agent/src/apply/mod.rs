@@ -54,6 +54,7 @@ pub use services::{
 use accounts::Accounts;
 use atomic::Ownership;
 use state::ApplyState;
+pub use state::PendingKafka;
 
 /// Where unit files go (below the root).
 pub const UNIT_DIR: &str = "/etc/systemd/system";
@@ -293,7 +294,7 @@ impl Applier {
             if in_unit_dir(&d.path) {
                 self.state.daemon_reload_needed = true;
             }
-            self.note_change(&d.on_change, &mut status)?;
+            self.note_change(&d.on_change, &mut status, &d.rooted)?;
         }
         if removals.iter().any(|p| in_unit_dir(p)) {
             self.state.daemon_reload_needed = true;
@@ -378,6 +379,7 @@ impl Applier {
             status.forget(&unit.name);
             // A unit that was not running starts with every new input.
             self.state.pending_restarts.remove(&unit.name);
+            self.state.pending_kafka.remove(&unit.name);
             self.save_state()?;
             report.started.push(unit.name.clone());
         }
@@ -414,6 +416,23 @@ impl Applier {
         self.state.pending_restarts.iter().cloned().collect()
     }
 
+    /// Kafka units with changes to apply through the Admin API (live
+    /// configs, keystore reloads), persisted like restarts.
+    pub fn pending_kafka(&self) -> BTreeMap<String, PendingKafka> {
+        self.state.pending_kafka.clone()
+    }
+
+    /// The Kafka work of `unit` is done: what Kafka took live is applied,
+    /// and `restart` says whether the rest needs a restart (then pending,
+    /// under the lease).
+    pub fn kafka_done(&mut self, unit: &str, restart: bool) -> Result<(), ApplyError> {
+        self.state.pending_kafka.remove(unit);
+        if restart && self.state.pending_restarts.insert(unit.to_owned()) {
+            tracing::info!(unit = %unit, "restart pending: Kafka cannot take the change live");
+        }
+        self.save_state()
+    }
+
     /// Phase 2, called while the daemon holds the coordinator's lease:
     /// restarts these units (in order) and clears each from the pending set
     /// once its restart succeeded. Stops at the first failure, which stays pending.
@@ -432,6 +451,8 @@ impl Applier {
             self.services.restart(unit)?;
             tracing::info!(unit = %unit, "restarted unit");
             self.state.pending_restarts.remove(unit);
+            // The restart read every new input.
+            self.state.pending_kafka.remove(unit);
             self.save_state()?;
         }
         Ok(())
@@ -508,10 +529,13 @@ impl Applier {
 
     /// Records what a change with this class requires of its unit, if the
     /// unit is running (see [`change_action`]).
+    /// `path`: the file about to be replaced (its current bytes are the
+    /// baseline of a Kafka config change).
     fn note_change(
         &mut self,
         on_change: &OnChange,
         status: &mut StatusCache,
+        path: &Path,
     ) -> Result<(), ApplyError> {
         match change_action(on_change) {
             ChangeAction::Nothing => {}
@@ -525,6 +549,28 @@ impl Applier {
                     && self.state.pending_restarts.insert(unit.to_owned())
                 {
                     tracing::info!(unit = %unit, "restart pending");
+                }
+            }
+            ChangeAction::KafkaConfig(unit) => {
+                if status.running(&*self.services, unit)? {
+                    let pending = self.state.pending_kafka.entry(unit.to_owned()).or_default();
+                    // Several changes before the agent gets to Kafka: the
+                    // baseline stays the file the running Kafka matched.
+                    if pending.config_before.is_none() {
+                        let before = atomic::read_regular(path)?.unwrap_or_default();
+                        pending.config_before = Some(String::from_utf8_lossy(&before).into_owned());
+                    }
+                    tracing::info!(unit = %unit, "Kafka config change pending (live where Kafka allows)");
+                }
+            }
+            ChangeAction::KafkaReload(unit) => {
+                if status.running(&*self.services, unit)? {
+                    self.state
+                        .pending_kafka
+                        .entry(unit.to_owned())
+                        .or_default()
+                        .reload_tls = true;
+                    tracing::info!(unit = %unit, "TLS reload pending");
                 }
             }
         }
@@ -646,6 +692,7 @@ impl Applier {
                 self.state.enabled.remove(unit);
                 self.state.pending_restarts.remove(unit);
                 self.state.pending_reloads.remove(unit);
+                self.state.pending_kafka.remove(unit);
                 self.state.daemon_reload_needed = true;
                 self.save_state()?;
             }

@@ -31,6 +31,10 @@ pub(crate) struct ApplyState {
     pub pending_restarts: BTreeSet<String>,
     /// Units to reload (no lease needed), done before the apply returns.
     pub pending_reloads: BTreeSet<String>,
+    /// Kafka units with changes the agent applies through Kafka's Admin API
+    /// after the apply (live configs, keystore reloads); what Kafka cannot
+    /// take live becomes a pending restart.
+    pub pending_kafka: BTreeMap<String, PendingKafka>,
     /// A unit file changed or was removed since the last daemon-reload.
     pub daemon_reload_needed: bool,
     /// Units the agent enabled (enabled once, again when their file changes).
@@ -42,6 +46,17 @@ pub(crate) struct ApplyState {
     /// Directories the agent unpacked and no longer needs (old versions),
     /// deleted at the start of the next apply.
     pub garbage: BTreeSet<String>,
+}
+
+/// Kafka work recorded by an apply, done by the agent through the Admin API.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PendingKafka {
+    /// `server.properties` as it was before the first change not yet
+    /// applied to the running Kafka (`None`: no config change pending).
+    pub config_before: Option<String>,
+    /// A listener keystore or truststore was rewritten.
+    pub reload_tls: bool,
 }
 
 /// Where an artifact came from and what is installed.
