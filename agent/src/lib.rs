@@ -13,6 +13,8 @@
 //! - [`protocol`]: the coordinator protocol's types.
 //! - [`kafka`]: the Kafka admin client (metadata, configs, quorum,
 //!   elections) over Kafka's wire protocol, behind the `KafkaAdmin` seam.
+//! - [`rollout`]: Kafka-aware restart gates, health after a restart, and
+//!   configuration changes applied live.
 //! - [`local`]: local mode, the whole cluster on one machine.
 
 pub mod apply;
@@ -26,4 +28,5 @@ pub mod init;
 pub mod kafka;
 pub mod local;
 pub mod protocol;
+pub mod rollout;
 pub mod sync;

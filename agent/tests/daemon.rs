@@ -934,3 +934,210 @@ fn unsigned_commits_are_refused_and_an_unreachable_remote_keeps_the_last_good_re
     assert_eq!(o.phase, Phase::Converged, "{o:?}");
     assert_eq!(o.revision_applied.as_deref(), Some(newer.as_str()));
 }
+
+/// Systemd as a node sees it when a setting keeps Kafka from starting:
+/// after a restart, `kafka.service` is active only if the node's
+/// `server.properties` does not hold `bad`.
+#[derive(Debug)]
+struct BreaksOn {
+    inner: kraftops_agent::apply::RecordingServiceManager,
+    root: PathBuf,
+    bad: &'static str,
+}
+
+impl kraftops_agent::apply::ServiceManager for BreaksOn {
+    fn daemon_reload(&self) -> Result<(), kraftops_agent::apply::ApplyError> {
+        self.inner.daemon_reload()
+    }
+    fn enable(&self, unit: &str) -> Result<(), kraftops_agent::apply::ApplyError> {
+        self.inner.enable(unit)
+    }
+    fn start(&self, unit: &str) -> Result<(), kraftops_agent::apply::ApplyError> {
+        self.inner.start(unit)
+    }
+    fn stop(&self, unit: &str) -> Result<(), kraftops_agent::apply::ApplyError> {
+        self.inner.stop(unit)
+    }
+    fn restart(&self, unit: &str) -> Result<(), kraftops_agent::apply::ApplyError> {
+        self.inner.restart(unit)?;
+        if unit == "kafka.service" {
+            let props = std::fs::read_to_string(self.root.join("etc/kafka/server.properties"))
+                .unwrap_or_default();
+            let state = if props.contains(self.bad) {
+                "activating"
+            } else {
+                "active"
+            };
+            self.inner.set_active_state(unit, state);
+        }
+        Ok(())
+    }
+    fn reload(&self, unit: &str) -> Result<(), kraftops_agent::apply::ApplyError> {
+        self.inner.reload(unit)
+    }
+    fn mask(&self, unit: &str) -> Result<(), kraftops_agent::apply::ApplyError> {
+        self.inner.mask(unit)
+    }
+    fn disable(&self, unit: &str) -> Result<(), kraftops_agent::apply::ApplyError> {
+        self.inner.disable(unit)
+    }
+    fn status(
+        &self,
+        unit: &str,
+    ) -> Result<kraftops_agent::protocol::UnitStatus, kraftops_agent::apply::ApplyError> {
+        self.inner.status(unit)
+    }
+}
+
+#[test]
+fn a_node_that_does_not_come_back_is_rolled_back_and_the_rollout_halts() {
+    use kraftops_agent::coordinator::{Coordinator, SystemClock};
+    use kraftops_agent::daemon::client::LeaseAnswer;
+    use kraftops_agent::daemon::reconcile::Reconciler;
+    use kraftops_agent::daemon::state::Trigger;
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (remote, work) = repository(tmp.path());
+    let publish = |message: &str, edit: &dyn Fn(String) -> String| {
+        let path = work.join("cluster.yaml");
+        let text = std::fs::read_to_string(&path).expect("read");
+        std::fs::write(&path, edit(text)).expect("write");
+        git(&work, &["commit", "-q", "-am", message]);
+        git(
+            &work,
+            &["push", "-q", remote.to_str().expect("utf8"), "HEAD:main"],
+        );
+        git(&work, &["rev-parse", "HEAD"]).trim().to_owned()
+    };
+    // A health timeout of 2 s, no bake time; short leases (a coordinator
+    // grants none for one TTL after it starts).
+    let good = publish("quick rollout", &|t| {
+        t.replace("health_timeout: 10m", "health_timeout: 2s")
+            .replace("cooldown: 30s", "cooldown: 0s")
+            .replace("lease_ttl: 15m", "lease_ttl: 2s")
+    });
+
+    let model = desired_state::load_dir(&work).unwrap_or_else(|d| panic!("{d}"));
+    let identity = desired_state::Identity::parse(
+        &std::fs::read_to_string(example().with_file_name("seed.example-only.age-identity"))
+            .expect("identity"),
+    )
+    .expect("parses");
+    let (view, signer) =
+        kraftops_agent::coordinator::service::signer_and_view(&model, &identity).expect("view");
+    let coordinator = Coordinator::new(view, signer, std::sync::Arc::new(SystemClock), None);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let stop = tokio_util::sync::CancellationToken::new();
+    runtime.spawn(kraftops_agent::coordinator::serve(
+        listener,
+        coordinator.clone(),
+        stop.clone(),
+    ));
+
+    let root = tmp.path().join("broker-1");
+    provision(&root, "broker-1");
+    let config = kraftops_agent::config::AgentConfig::parse(
+        Path::new("agent.yaml"),
+        &agent_config("broker-1", &root, &remote, free_port(), &url),
+    )
+    .expect("config");
+    let services = std::sync::Arc::new(BreaksOn {
+        inner: kraftops_agent::apply::RecordingServiceManager::new(),
+        root: root.clone(),
+        bad: "num.io.threads=1\n",
+    });
+    let mut r = Reconciler::with_services(config, services.clone()).expect("reconciler");
+    let first = r.reconcile(&Trigger::Timer, &|_| {});
+    assert_eq!(first.phase, Phase::Converged, "{first:?}");
+    assert_eq!(first.revision_applied.as_deref(), Some(good.as_str()));
+
+    // A setting the broker cannot come back with.
+    let bad = publish("one io thread", &|t| {
+        t.replace("num.io.threads: 16", "num.io.threads: 1")
+    });
+    services.inner.take_calls();
+    let failed = r.reconcile(&Trigger::Nudge, &|_| {});
+    assert_eq!(failed.phase, Phase::Failed, "{failed:?}");
+    let message = failed.error.as_ref().expect("an error").message.clone();
+    assert!(
+        message.starts_with("kafka.service not healthy")
+            && message.contains("kafka.service is not active")
+            && message.ends_with(&format!("; rolled back to {good}")),
+        "{message}"
+    );
+    assert_eq!(
+        failed.revision_applied.as_deref(),
+        Some(good.as_str()),
+        "the node runs the last good commit again"
+    );
+    let props =
+        std::fs::read_to_string(root.join("etc/kafka/server.properties")).expect("properties");
+    assert!(props.contains("num.io.threads=16\n"), "{props}");
+    let restarts: Vec<_> = services
+        .inner
+        .take_calls()
+        .into_iter()
+        .filter(
+            |c| matches!(c, kraftops_agent::apply::ServiceCall::Restart(u) if u == "kafka.service"),
+        )
+        .collect();
+    assert_eq!(
+        restarts.len(),
+        2,
+        "the bad commit's restart, then the rollback's"
+    );
+    let record = failed.restart_log.last().expect("a restart record");
+    assert_eq!(record.outcome, "rolled_back");
+    assert_eq!(record.revision.as_deref(), Some(bad.as_str()));
+
+    // The rollout halts with the lease held: no other broker may restart.
+    let leases = coordinator.leases();
+    assert_eq!(leases.len(), 1, "{leases:?}");
+    assert_eq!(leases[0].holder, "broker-1");
+    let halt = leases[0].halted.as_ref().expect("halted");
+    assert_eq!(halt.reason, message);
+    let other = kraftops_agent::daemon::client::CoordinatorClient::new(&url, "broker-2", &{
+        let name = desired_state::types::Name::try_from("join-token-broker-2").expect("name");
+        model
+            .decrypt(&name, &identity)
+            .expect("token")
+            .expose()
+            .to_owned()
+    });
+    match other.acquire("broker", 60, Some(&bad)).expect("answered") {
+        LeaseAnswer::Busy(why) => {
+            assert!(why.contains("halted") && why.contains("broker-1"), "{why}")
+        }
+        LeaseAnswer::Granted(l) => panic!("granted during a halt: {l:?}"),
+    }
+
+    // The failed commit is not tried again; the failure stays reported.
+    let again = r.reconcile(&Trigger::Timer, &|_| {});
+    assert_eq!(again.phase, Phase::Failed, "{again:?}");
+    assert_eq!(
+        again.error.as_ref().map(|e| e.message.clone()),
+        Some(message.clone())
+    );
+    assert_eq!(again.revision_applied.as_deref(), Some(good.as_str()));
+    assert!(
+        !services
+            .inner
+            .take_calls()
+            .iter()
+            .any(|c| matches!(c, kraftops_agent::apply::ServiceCall::Restart(_))),
+        "nothing restarts for a commit that failed"
+    );
+
+    // A new commit (the fix) is applied: nothing to restart, converged.
+    let fix = publish("back to 16 io threads", &|t| {
+        t.replace("num.io.threads: 1\n", "num.io.threads: 16\n")
+    });
+    let fixed = r.reconcile(&Trigger::Nudge, &|_| {});
+    assert_eq!(fixed.phase, Phase::Converged, "{fixed:?}");
+    assert_eq!(fixed.revision_applied.as_deref(), Some(fix.as_str()));
+    stop.cancel();
+}

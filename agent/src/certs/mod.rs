@@ -19,8 +19,8 @@ pub mod node;
 
 pub use ca::{Ca, NodeIdentity, SignedCertificate};
 pub use node::{
-    CertInfo, NodeKey, csr_for_names, csr_pem, inspect, issued_by, keystore_pem, needs_renewal,
-    read_keystore, renewal_due_at,
+    CertInfo, NodeKey, csr_for_names, csr_pem, inspect, issued_by, keystore_pem, leaf_der,
+    needs_renewal, read_keystore, renewal_due_at,
 };
 
 use x509_parser::pem::Pem;

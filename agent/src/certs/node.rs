@@ -243,6 +243,11 @@ pub fn issued_by(cert_pem: &str, ca_pem: &str) -> Result<bool, CertError> {
         && cert.verify_signature(Some(ca.public_key())).is_ok())
 }
 
+/// The first certificate of a PEM chain (the leaf), as DER.
+pub fn leaf_der(chain_pem: &str) -> Result<Vec<u8>, CertError> {
+    first_certificate(chain_pem, "certificate")
+}
+
 pub(super) fn first_certificate(pem: &str, what: &'static str) -> Result<Vec<u8>, CertError> {
     pem_blocks(pem, "CERTIFICATE", what)?
         .into_iter()

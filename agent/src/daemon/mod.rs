@@ -27,6 +27,8 @@ use state::{AgentState, Metrics, Trigger};
 const DRIFT_HISTORY: usize = 20;
 /// How often the status is pushed to the coordinator without a reconcile.
 const HEARTBEAT: Duration = Duration::from_secs(30);
+/// How often the status is pushed while a long reconcile (a restart) runs.
+const PROGRESS_REPORT: Duration = Duration::from_secs(5);
 
 fn initial_status(config: &AgentConfig) -> StatusReport {
     StatusReport {
@@ -71,6 +73,11 @@ fn record(state: &AgentState, outcome: &Outcome, elapsed: Duration) {
         s.units.clone_from(&outcome.units);
         s.certificates.clone_from(&outcome.certificates);
         s.last_error.clone_from(&outcome.error);
+        s.restarts.clone_from(&outcome.restart_log);
+        // What the rollout waits for stays shown while it waits.
+        if outcome.phase != Phase::WaitingForLease {
+            s.waiting = None;
+        }
         let at = now();
         s.drift.extend(outcome.drift.iter().map(|path| DriftEvent {
             path: path.clone(),
@@ -237,6 +244,10 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     .await
     .context("starting the reconciler")?
     .context("setting up the agent")?;
+    reconciler.on_waiting({
+        let state = state.clone();
+        Arc::new(move |waiting| state.update(|s| s.waiting = waiting))
+    });
     let client = reconciler.client().cloned();
     if let Some(c) = client.clone() {
         tokio::spawn(nudges(c, tx.clone(), stop.clone()));
@@ -285,14 +296,20 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         let span = tracing::info_span!("reconcile", trigger = ?trigger);
         let phase_state = state.clone();
         let t = trigger.clone();
-        let (back, outcome) = tokio::task::spawn_blocking(move || {
+        let mut task = tokio::task::spawn_blocking(move || {
             let _enter = span.enter();
             let outcome =
                 reconciler.reconcile(&t, &|phase| phase_state.update(|s| s.phase = phase));
             (reconciler, outcome)
-        })
-        .await
-        .context("the reconcile thread panicked")?;
+        });
+        // A reconcile that restarts waits for leases, gates and health:
+        // the coordinator keeps hearing what it waits for meanwhile.
+        let (back, outcome) = loop {
+            tokio::select! {
+                done = &mut task => break done.context("the reconcile thread panicked")?,
+                () = tokio::time::sleep(PROGRESS_REPORT) => report(&client, &state).await,
+            }
+        };
         reconciler = back;
         if let Some(commit) = &outcome.revision_applied {
             tracing::info!(commit = %commit, phase = ?outcome.phase, files_written = outcome.files_written, "reconciled");
@@ -313,6 +330,10 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             wait = wait.min(backoff);
         } else {
             failures = 0;
+        }
+        if outcome.phase == Phase::WaitingForLease {
+            // A restart blocked by the lease or a gate: ask again soon.
+            wait = wait.min(reconcile::BLOCKED_RETRY);
         }
         let deadline = tokio::time::Instant::now() + wait;
         trigger = loop {

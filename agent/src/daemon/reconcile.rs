@@ -7,17 +7,29 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use desired_state::{Identity, Model};
-use roles::{OnChange, Plan, PlannedFile};
+use desired_state::{Identity, Model, Role};
+use roles::{OnChange, Plan, PlannedFile, Secrets};
 use serde::{Deserialize, Serialize};
 
-use crate::apply::{Applier, NoServiceManager, ServiceManager, Systemctl, is_running};
+use crate::apply::{Applier, NoServiceManager, ServiceManager, Systemctl};
 use crate::certs;
 use crate::config::{AgentConfig, ServiceManagerKind};
 use crate::daemon::client::{CoordinatorClient, LeaseAnswer};
 use crate::daemon::state::Trigger;
-use crate::protocol::{CertificateStatus, Phase, ReportedError, UnitStatus};
+use crate::protocol::{
+    CertificateStatus, Lease, Phase, ReportedError, RestartRecord, UnitStatus, Waiting,
+};
+use crate::rollout::{Health, KafkaNode};
 use crate::sync::{Repo, SyncError, TrustedSigners};
+
+/// How long one reconcile waits for a lease or a gate before it gives the
+/// loop back (to see new commits); the restart stays pending and the next
+/// reconcile, [`BLOCKED_RETRY`] later, tries again.
+const BLOCKED_BUDGET: Duration = Duration::from_secs(90);
+/// When a reconcile that was blocked runs again.
+pub const BLOCKED_RETRY: Duration = Duration::from_secs(10);
+/// How many restarts the status keeps.
+const RESTART_HISTORY: usize = 10;
 
 /// Seconds since the Unix epoch.
 pub fn now() -> u64 {
@@ -146,6 +158,10 @@ pub struct Outcome {
     pub certificates: Vec<CertificateStatus>,
     pub files_written: u64,
     pub restarts: u64,
+    /// What a restart is waiting for, when it is.
+    pub waiting: Option<Waiting>,
+    /// The node's last restarts, newest last.
+    pub restart_log: Vec<RestartRecord>,
 }
 
 /// The commit the node runs, kept across agent restarts.
@@ -153,6 +169,21 @@ pub struct Outcome {
 struct Applied {
     commit: Option<String>,
     signer: Option<String>,
+    /// The last commit this node converged on: what a failed restart rolls
+    /// back to.
+    #[serde(default)]
+    last_good: Option<String>,
+    /// A commit this node failed with (and rolled back from): not applied
+    /// again; a newer commit is.
+    #[serde(default)]
+    failed: Option<FailedCommit>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct FailedCommit {
+    commit: String,
+    reason: String,
+    at: u64,
 }
 
 /// The seam for restart safety: asked before and after each restart.
@@ -174,9 +205,11 @@ impl RestartGate for SystemdGate {
         Ok(())
     }
     fn healthy(&self, unit: &str) -> bool {
+        // `activating` is not healthy: a unit that keeps failing to start
+        // sits there between its automatic restarts.
         self.0
             .status(unit)
-            .is_ok_and(|s| is_running(&s.active_state))
+            .is_ok_and(|s| s.active_state == "active")
     }
 }
 
@@ -192,6 +225,11 @@ pub struct Reconciler {
     applied: Applied,
     /// The plan of the applied commit, and its model.
     current: Option<(Plan, Model)>,
+    /// The applied commit's decrypted secrets (the Kafka admin password).
+    secrets: Secrets,
+    /// Told what a restart waits for as it changes (the daemon's status).
+    waiting_sink: Option<Arc<dyn Fn(Option<Waiting>) + Send + Sync>>,
+    restart_log: Vec<RestartRecord>,
 }
 
 impl std::fmt::Debug for Reconciler {
@@ -270,7 +308,40 @@ impl Reconciler {
             client,
             applied,
             current: None,
+            secrets: Secrets::new(),
+            waiting_sink: None,
+            restart_log: Vec::new(),
         })
+    }
+
+    /// Where to report, as it changes, what a pending restart waits for.
+    pub fn on_waiting(&mut self, sink: Arc<dyn Fn(Option<Waiting>) + Send + Sync>) {
+        self.waiting_sink = Some(sink);
+    }
+
+    fn set_waiting(&self, reason: Option<String>) {
+        if let Some(sink) = &self.waiting_sink {
+            sink(reason.map(|reason| Waiting {
+                reason,
+                since: now(),
+            }));
+        }
+    }
+
+    /// This node's Kafka, for the gates and live configuration: only on a
+    /// broker or controller whose services systemd runs.
+    fn kafka_node(&self, model: &Model) -> Option<KafkaNode> {
+        if self.config.service_manager != ServiceManagerKind::Systemctl {
+            return None;
+        }
+        let keystore = std::fs::read_to_string(self.config.rooted(roles::layout::KEYSTORE)).ok();
+        match KafkaNode::new(model, &self.config.node, &self.secrets, keystore) {
+            Ok(node) => node,
+            Err(why) => {
+                tracing::warn!(reason = %why, "cannot talk to Kafka: restarts wait for systemd only");
+                None
+            }
+        }
     }
 
     /// The coordinator client, if one is configured.
@@ -335,7 +406,7 @@ impl Reconciler {
         &mut self,
         commit: &str,
         checks: bool,
-    ) -> Result<(Plan, Model, Option<String>), ReportedError> {
+    ) -> Result<(Plan, Model, Option<String>, Secrets), ReportedError> {
         let trusted_empty = self.trusted.is_empty();
         let allow_nff = self.config.repository.allow_non_fast_forward;
         let applied = self.applied.commit.clone();
@@ -382,7 +453,7 @@ impl Reconciler {
             .map_err(|e| error(format!("refused: {}", chain(&e)), Some(commit), vec![]))?;
         let plan = roles::render(&model, &self.config.node, &secrets)
             .map_err(|e| error(format!("refused: {}", chain(&e)), Some(commit), vec![]))?;
-        Ok((plan, model, signer))
+        Ok((plan, model, signer, secrets))
     }
 
     /// Adds each certificate's keystore to `plan` as a file: the existing one
@@ -467,13 +538,238 @@ impl Reconciler {
         ))
     }
 
-    /// Restarts the pending units under the coordinator's lease for this role.
+    /// Applies, through Kafka's Admin API, what the apply left as Kafka work
+    /// (a broker's live configs, keystore reloads); what Kafka cannot take
+    /// live becomes a pending restart. Without a Kafka view (tests, a node
+    /// without systemd) every such change is a restart, as before.
+    fn kafka_live(&mut self, plan: &Plan, kafka: Option<&KafkaNode>) -> Result<(), String> {
+        let current = plan
+            .file(roles::layout::SERVER_PROPERTIES)
+            .map(|f| String::from_utf8_lossy(&f.contents).into_owned());
+        for (unit, pending) in self.applier.pending_kafka() {
+            let live = match (kafka, &current) {
+                (Some(k), Some(current)) if unit == roles::layout::KAFKA_UNIT => {
+                    k.apply_live(&pending, current)
+                }
+                _ => Ok(crate::rollout::LiveOutcome {
+                    applied: Vec::new(),
+                    restart_for: vec!["no Kafka admin connection on this node".to_owned()],
+                }),
+            };
+            // Kafka unreachable: the work stays pending, the next reconcile retries.
+            let live = live.map_err(|why| format!("applying the change to {unit} live: {why}"))?;
+            if !live.applied.is_empty() {
+                tracing::info!(unit = %unit, applied = ?live.applied, "applied live, no restart");
+            }
+            if !live.restart_for.is_empty() {
+                tracing::info!(unit = %unit, why = ?live.restart_for, "a restart is needed");
+            }
+            self.applier
+                .kafka_done(&unit, !live.restart_for.is_empty())
+                .map_err(|e| chain(&e))?;
+        }
+        Ok(())
+    }
+
+    /// Takes the role's lease and waits for this node's Kafka gate, holding
+    /// the lease (renewed) while the gate says wait. Gives up after
+    /// [`BLOCKED_BUDGET`] with `Ok(None)` and the reason left in the status:
+    /// the restart stays pending for the next reconcile.
+    fn lease_and_gate(
+        &self,
+        role: &str,
+        model: &Model,
+        kafka: Option<&KafkaNode>,
+        gated: bool,
+        on_phase: &dyn Fn(Phase),
+    ) -> Result<Option<Option<Lease>>, String> {
+        let ttl = model.cluster.rollout.lease_ttl.as_secs();
+        let revision = self.applied.commit.as_deref();
+        let give_up = Instant::now() + BLOCKED_BUDGET;
+        let mut wait = Duration::from_secs(1);
+        let pause = |wait: &mut Duration| {
+            std::thread::sleep(*wait);
+            *wait = (*wait * 2).min(Duration::from_secs(10));
+        };
+        loop {
+            if Instant::now() >= give_up {
+                return Ok(None);
+            }
+            let lease = match &self.client {
+                None => None,
+                Some(client) => {
+                    on_phase(Phase::WaitingForLease);
+                    match client.acquire(role, ttl, revision).map_err(|e| chain(&e))? {
+                        LeaseAnswer::Granted(lease) => Some(lease),
+                        LeaseAnswer::Busy(why) => {
+                            tracing::info!(role = %role, reason = %why, "waiting for the restart lease");
+                            self.set_waiting(Some(format!("lease: {why}")));
+                            pause(&mut wait);
+                            continue;
+                        }
+                    }
+                }
+            };
+            let Some(k) = kafka.filter(|_| gated) else {
+                return Ok(Some(lease));
+            };
+            let others = lease.as_ref().map(|l| l.others.clone()).unwrap_or_default();
+            match k.may_restart(&others) {
+                Ok(()) => {}
+                Err(why) => {
+                    tracing::info!(reason = %why, "restart gate: waiting");
+                    self.set_waiting(Some(format!("gate: {why}")));
+                    // Hold the lease while the gate waits: the same gate
+                    // blocks the role's other nodes anyway, and the holder
+                    // shows who is waiting for what.
+                    if let (Some(client), Some(l)) = (&self.client, &lease)
+                        && !matches!(client.renew(l, ttl), Ok(LeaseAnswer::Granted(_)))
+                    {
+                        tracing::info!("the lease was lost while the gate waited");
+                    }
+                    pause(&mut wait);
+                    if Instant::now() >= give_up {
+                        self.release(lease.as_ref());
+                        return Ok(None);
+                    }
+                    // Ask again with a fresh lease answer (others may change).
+                    continue;
+                }
+            }
+            // The active controller goes last: while another controller
+            // waits for its restart, it steps aside.
+            if k.role() == Role::Controller
+                && k.is_quorum_leader()
+                && let Some(other) = self.other_waiting(role)
+            {
+                tracing::info!(other = %other, "the active controller restarts last");
+                self.set_waiting(Some(format!(
+                    "the active controller restarts last: {other}"
+                )));
+                self.release(lease.as_ref());
+                pause(&mut wait);
+                continue;
+            }
+            return Ok(Some(lease));
+        }
+    }
+
+    /// Another node of `role` whose fresh report says it waits for a
+    /// restart, or has not applied this node's revision yet (it may need
+    /// one), with what it is doing.
+    fn other_waiting(&self, role: &str) -> Option<String> {
+        let client = self.client.as_ref()?;
+        let nodes = client.nodes().ok()?;
+        let mine = self.applied.commit.as_deref();
+        nodes
+            .into_iter()
+            .filter(|n| n.role == role && n.node != self.config.node)
+            .filter(|n| n.age_seconds.is_some_and(|age| age < 120))
+            .find_map(|n| {
+                let r = n.report.as_ref()?;
+                if matches!(r.phase, Phase::WaitingForLease | Phase::Restarting) {
+                    Some(format!("{} is waiting for its restart", n.node))
+                } else if r.revision_applied.as_deref() != mine {
+                    Some(format!("{} has not applied this revision yet", n.node))
+                } else {
+                    None
+                }
+            })
+    }
+
+    fn release(&self, lease: Option<&Lease>) {
+        if let (Some(client), Some(lease)) = (&self.client, lease)
+            && let Err(e) = client.release(lease)
+        {
+            tracing::warn!(error = %chain(&e), "releasing the lease failed; it expires by its TTL");
+        }
+    }
+
+    /// Waits until the restarted `units` are healthy: systemd says active,
+    /// and Kafka says the node is back (broker: registered, unfenced, in the
+    /// ISR of every partition it hosts; controller: a caught-up voter). The
+    /// node gets `health_timeout` from its last sign of progress, at most
+    /// three times that in all. Renews the lease as it goes.
+    fn wait_healthy(
+        &self,
+        units: &[String],
+        model: &Model,
+        kafka: Option<&KafkaNode>,
+        marker: i64,
+        lease: Option<&Lease>,
+    ) -> Result<(), String> {
+        let timeout = Duration::from_secs(model.cluster.rollout.health_timeout.as_secs());
+        let ttl = model.cluster.rollout.lease_ttl.as_secs();
+        let started = Instant::now();
+        let mut deadline = started + timeout;
+        let hard_stop = started + timeout * 3;
+        let mut best = u64::MAX;
+        let mut renewed = Instant::now();
+        loop {
+            let mut reason = None;
+            for unit in units {
+                if !self.gate.healthy(unit) {
+                    reason = Some(format!("{unit} is not active"));
+                    break;
+                }
+            }
+            if reason.is_none()
+                && let Some(k) =
+                    kafka.filter(|_| units.iter().any(|u| u == roles::layout::KAFKA_UNIT))
+            {
+                match k.health(marker) {
+                    Health::Healthy => {}
+                    Health::NotYet {
+                        reason: why,
+                        distance,
+                    } => {
+                        if distance < best {
+                            best = distance;
+                            deadline = (Instant::now() + timeout).min(hard_stop);
+                        }
+                        reason = Some(why);
+                    }
+                }
+            }
+            let Some(reason) = reason else {
+                return Ok(());
+            };
+            self.set_waiting(Some(format!("health: {reason}")));
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "not healthy {}s after its restart: {reason}",
+                    started.elapsed().as_secs()
+                ));
+            }
+            if renewed.elapsed() >= Duration::from_secs((ttl / 3).max(1))
+                && let (Some(client), Some(l)) = (&self.client, lease)
+            {
+                if let Err(e) = client.renew(l, ttl) {
+                    tracing::warn!(error = %chain(&e), "renewing the lease failed");
+                }
+                renewed = Instant::now();
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+
+    fn log_restart(&mut self, record: RestartRecord) {
+        self.restart_log.push(record);
+        let excess = self.restart_log.len().saturating_sub(RESTART_HISTORY);
+        self.restart_log.drain(..excess);
+    }
+
+    /// Restarts the pending units under the coordinator's lease for this
+    /// role, through the Kafka gates; waits until the node is healthy
+    /// again; on failure rolls this node back and halts the role's rollout.
+    /// `Ok(None)`: blocked (lease or gate), nothing restarted.
     fn restart_under_lease(
         &mut self,
         plan: &Plan,
         model: &Model,
+        kafka: Option<&KafkaNode>,
         on_phase: &dyn Fn(Phase),
-    ) -> Result<u64, String> {
+    ) -> Result<Option<u64>, String> {
         // The coordinator grants the leases: it restarts without one (it
         // would otherwise wait on itself, and after its restart grants no
         // lease for one TTL). It runs on one node only.
@@ -487,54 +783,73 @@ impl Reconciler {
             tracing::info!(units = ?free, "restarted without a lease (the coordinator itself)");
         }
         if pending.is_empty() {
-            return Ok(free.len() as u64);
+            return Ok(Some(free.len() as u64));
         }
         let role = plan.role.to_string();
-        let ttl = model.cluster.rollout.lease_ttl.as_secs();
-        let deadline =
-            Instant::now() + Duration::from_secs(model.cluster.rollout.health_timeout.as_secs());
-        let lease = match &self.client {
-            None => None,
-            Some(client) => {
-                on_phase(Phase::WaitingForLease);
-                let mut wait = Duration::from_secs(1);
-                loop {
-                    match client.acquire(&role, ttl, None).map_err(|e| chain(&e))? {
-                        LeaseAnswer::Granted(lease) => break Some(lease),
-                        LeaseAnswer::Busy(why) => {
-                            tracing::info!(role = %role, reason = %why, "waiting for the restart lease");
-                            std::thread::sleep(wait);
-                            wait = (wait * 2).min(Duration::from_secs(30));
-                        }
-                    }
-                }
-            }
+        let gated = pending.iter().any(|u| u == roles::layout::KAFKA_UNIT);
+        let Some(lease) = self.lease_and_gate(&role, model, kafka, gated, on_phase)? else {
+            return Ok(None);
         };
         on_phase(Phase::Restarting);
-        let release = |this: &Self| {
-            if let (Some(client), Some(lease)) = (&this.client, &lease)
-                && let Err(e) = client.release(lease)
-            {
-                tracing::warn!(error = %chain(&e), "releasing the lease failed; it expires by its TTL");
-            }
-        };
-        // Nothing restarted yet: a refusal or failure here frees the lease.
-        let before = pending
-            .iter()
-            .try_for_each(|unit| self.gate.before_restart(unit));
-        let restarted = before.and_then(|()| self.applier.restart(&pending).map_err(|e| chain(&e)));
-        if let Err(why) = restarted {
-            release(self);
-            return Err(why);
+        self.set_waiting(None);
+        let revision = self.applied.commit.clone();
+        let started_at = now();
+        let marker = kafka.filter(|_| gated).map_or(0, KafkaNode::restart_marker);
+        // Nothing restarted yet: a failure here frees the lease.
+        if let Err(e) = self.applier.restart(&pending) {
+            self.release(lease.as_ref());
+            return Err(chain(&e));
         }
-        for unit in &pending {
-            while !self.gate.healthy(unit) {
-                if Instant::now() >= deadline {
-                    // The lease stays held (it expires by its TTL), so the
-                    // rollout stops at this node.
-                    return Err(format!("{unit} is not healthy after its restart"));
+        let unit = pending.join(" ");
+        match self.wait_healthy(&pending, model, kafka, marker, lease.as_ref()) {
+            Ok(()) => {
+                if let Some(k) = kafka.filter(|_| gated) {
+                    k.restore_leadership();
                 }
-                std::thread::sleep(Duration::from_millis(500));
+                self.log_restart(RestartRecord {
+                    unit,
+                    revision,
+                    started_at,
+                    healthy_at: Some(now()),
+                    outcome: "healthy".to_owned(),
+                    detail: None,
+                });
+            }
+            Err(why) => {
+                let why = format!("{unit} {why}");
+                let detail = self.roll_back(model, kafka, lease.as_ref(), &why, on_phase);
+                self.log_restart(RestartRecord {
+                    unit,
+                    revision: revision.clone(),
+                    started_at,
+                    healthy_at: None,
+                    outcome: if detail.is_ok() {
+                        "rolled_back"
+                    } else {
+                        "failed"
+                    }
+                    .to_owned(),
+                    detail: Some(match &detail {
+                        Ok(d) | Err(d) => d.clone(),
+                    }),
+                });
+                let reason = match detail {
+                    Ok(d) | Err(d) => d,
+                };
+                // The failure as reported from now on, rollback included.
+                if let Some(failed) = &mut self.applied.failed {
+                    failed.reason.clone_from(&reason);
+                    self.save_applied();
+                }
+                // Halt the role's rollout: the lease stays held (and shown)
+                // until a new commit or an explicit resume.
+                if let (Some(client), Some(l)) = (&self.client, &lease)
+                    && let Err(e) = client.halt(l, revision.as_deref(), &reason)
+                {
+                    tracing::warn!(error = %chain(&e), "could not halt the rollout at the coordinator");
+                }
+                self.set_waiting(None);
+                return Err(reason);
             }
         }
         // Bake time (rollout.cooldown): the next node of the role restarts
@@ -545,10 +860,74 @@ impl Reconciler {
                 seconds = cooldown.as_secs(),
                 "cooling down before releasing the lease"
             );
+            self.set_waiting(Some(format!(
+                "bake time: {}s before the next node",
+                cooldown.as_secs()
+            )));
             std::thread::sleep(cooldown);
         }
-        release(self);
-        Ok((pending.len() + free.len()) as u64)
+        self.set_waiting(None);
+        self.release(lease.as_ref());
+        Ok(Some((pending.len() + free.len()) as u64))
+    }
+
+    /// After a failed restart: puts this node back on the last good commit
+    /// and restarts it (no gate: the node is not serving), marks the failed
+    /// commit so it is not applied again. Returns the reason to report.
+    fn roll_back(
+        &mut self,
+        model: &Model,
+        kafka: Option<&KafkaNode>,
+        lease: Option<&Lease>,
+        why: &str,
+        on_phase: &dyn Fn(Phase),
+    ) -> Result<String, String> {
+        let failed = self.applied.commit.clone();
+        if let Some(commit) = &failed {
+            self.applied.failed = Some(FailedCommit {
+                commit: commit.clone(),
+                reason: why.to_owned(),
+                at: now(),
+            });
+            self.save_applied();
+        }
+        let good = match (&self.applied.last_good, model.cluster.rollout.auto_rollback) {
+            (Some(good), true) if Some(good) != failed.as_ref() => good.clone(),
+            (_, false) => return Err(format!("{why}; rollback is off (rollout.auto_rollback)")),
+            _ => return Err(format!("{why}; no earlier good commit to roll back to")),
+        };
+        tracing::warn!(failed = ?failed, to = %good, reason = %why, "rolling this node back");
+        on_phase(Phase::Applying);
+        let (rendered, good_model, signer, secrets) = self
+            .evaluate(&good, false)
+            .map_err(|e| format!("{why}; rollback to {good} failed: {}", e.message))?;
+        // The keystores join a copy: the kept plan gets them afresh at
+        // every reconcile.
+        let mut plan = rendered.clone();
+        let _ = self.certificates(&mut plan, &good_model, now());
+        self.applier
+            .apply(&plan)
+            .map_err(|e| format!("{why}; rollback to {good} failed: {}", chain(&e)))?;
+        // The rollback's own config changes take effect by the restart below.
+        for unit in self.applier.pending_kafka().into_keys() {
+            let _ = self.applier.kafka_done(&unit, true);
+        }
+        let pending = self.applier.pending_restarts();
+        let marker = kafka.map_or(0, KafkaNode::restart_marker);
+        on_phase(Phase::Restarting);
+        self.applier
+            .restart(&pending)
+            .map_err(|e| format!("{why}; rollback restart failed: {}", chain(&e)))?;
+        self.current = Some((rendered, good_model.clone()));
+        self.secrets = secrets;
+        self.applied.commit = Some(good.clone());
+        self.applied.signer = signer;
+        self.save_applied();
+        self.wait_healthy(&pending, &good_model, kafka, marker, lease)
+            .map_err(|e| {
+                format!("{why}; rolled back to {good}, but the node is still unhealthy: {e}")
+            })?;
+        Ok(format!("{why}; rolled back to {good}"))
     }
 
     /// One reconcile. `on_phase` is told about phase changes as they happen.
@@ -566,6 +945,8 @@ impl Reconciler {
             certificates: Vec::new(),
             files_written: 0,
             restarts: 0,
+            waiting: None,
+            restart_log: self.restart_log.clone(),
         };
         // On mutual TLS: enrol (a node that already had its identity, such
         // as the coordinator's own) or renew the client certificate.
@@ -599,18 +980,33 @@ impl Reconciler {
 
         let applied_before = self.current.is_some();
         let mut new_revision = false;
+        // A commit this node failed with and rolled back from is not tried
+        // again; the failure stays reported until a newer commit arrives.
+        let failed_before = self
+            .applied
+            .failed
+            .clone()
+            .filter(|f| head.as_ref().is_none_or(|h| *h == f.commit));
+        if let Some(failed) = &failed_before {
+            outcome.phase = Phase::Failed;
+            outcome.error = Some(error(failed.reason.clone(), Some(&failed.commit), vec![]));
+        }
         if let Some(h) = head
             .clone()
             .filter(|h| Some(h) != self.applied.commit.as_ref())
+            .filter(|_| failed_before.is_none())
         {
             match self.evaluate(&h, true) {
-                Ok((plan, model, signer)) => {
+                Ok((plan, model, signer, secrets)) => {
                     new_revision = true;
                     tracing::info!(commit = %h, "new revision accepted");
                     self.current = Some((plan, model));
+                    self.secrets = secrets;
                     self.applied = Applied {
                         commit: Some(h),
                         signer,
+                        last_good: self.applied.last_good.take(),
+                        failed: None,
                     };
                 }
                 Err(refusal) => {
@@ -624,7 +1020,10 @@ impl Reconciler {
             && let Some(commit) = self.applied.commit.clone()
         {
             match self.evaluate(&commit, false) {
-                Ok((plan, model, _)) => self.current = Some((plan, model)),
+                Ok((plan, model, _, secrets)) => {
+                    self.current = Some((plan, model));
+                    self.secrets = secrets;
+                }
                 Err(e) => {
                     outcome.phase = Phase::Failed;
                     outcome.error = Some(e);
@@ -668,13 +1067,29 @@ impl Reconciler {
                 return outcome;
             }
         }
-        match self.restart_under_lease(&plan, &model, on_phase) {
-            Ok(n) => outcome.restarts = n,
+        let kafka = self.kafka_node(&model);
+        let commit = self.applied.commit.clone();
+        let restarted = self
+            .kafka_live(&plan, kafka.as_ref())
+            .and_then(|()| self.restart_under_lease(&plan, &model, kafka.as_ref(), on_phase));
+        match restarted {
+            Ok(Some(n)) => outcome.restarts = n,
+            Ok(None) => {
+                // Blocked by the lease or a gate: the restart stays pending.
+                outcome.phase = Phase::WaitingForLease;
+            }
             Err(why) => {
                 outcome.phase = Phase::Failed;
-                outcome.error = Some(error(why, self.applied.commit.as_deref(), vec![]));
+                outcome.error = Some(error(why, commit.as_deref(), vec![]));
+                // A rollback changed what the node runs.
+                outcome.revision_applied = self.applied.commit.clone();
             }
         }
+        if outcome.phase == Phase::Converged && failed_before.is_none() {
+            self.applied.last_good = self.applied.commit.clone();
+            self.save_applied();
+        }
+        outcome.restart_log = self.restart_log.clone();
         if !cert_problems.is_empty() && outcome.error.is_none() {
             outcome.phase = Phase::Failed;
             outcome.error = Some(error(
@@ -703,7 +1118,10 @@ impl Reconciler {
 fn hold_back(plan: &mut Plan, on_change: &[OnChange]) {
     for change in on_change {
         let unit = match change {
-            OnChange::Restart(u) | OnChange::KafkaDynamicReload(u) | OnChange::Reload(u) => u,
+            OnChange::Restart(u)
+            | OnChange::KafkaDynamicReload(u)
+            | OnChange::KafkaConfig(u)
+            | OnChange::Reload(u) => u,
             OnChange::Nothing => continue,
         };
         if let Some(planned) = plan.units.iter_mut().find(|p| &p.name == unit)
