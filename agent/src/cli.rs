@@ -47,6 +47,16 @@ enum Command {
         #[arg(long, default_value = "/etc/kraftops/agent.yaml")]
         agent_config: PathBuf,
     },
+    /// Resume a rollout the coordinator halted after a failed restart, with
+    /// this node's credentials (its agent.yaml). Pushing a new commit
+    /// resumes it too.
+    Resume {
+        #[arg(long, default_value = "/etc/kraftops/agent.yaml")]
+        config: PathBuf,
+        /// Only this role's rollout (default: every halted role).
+        #[arg(long)]
+        role: Option<String>,
+    },
     /// Create a new desired-state repository from a template.
     Init(InitArgs),
     /// The whole cluster on this machine: systemd-nspawn nodes, real Kafka.
@@ -122,8 +132,29 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<ExitCode>
             Ok(ExitCode::SUCCESS)
         }
         Command::Init(args) => init(&args),
+        Command::Resume { config, role } => resume(&config, role.as_deref()),
         Command::Local(args) => crate::local::cli::run(args),
     }
+}
+
+fn resume(config: &Path, role: Option<&str>) -> anyhow::Result<ExitCode> {
+    let config = kraftops_agent_config(config)?;
+    let client = crate::daemon::reconcile::coordinator_client(&config)
+        .context("reaching the coordinator")?
+        .context("agent.yaml names no coordinator")?;
+    let view = client
+        .resume(role)
+        .context("resuming the rollout at the coordinator")?;
+    let mut out = std::io::stdout().lock();
+    for r in &view.roles {
+        let state = if r.halted.is_empty() {
+            "running"
+        } else {
+            "halted"
+        };
+        writeln!(out, "{:<14} {state}", r.role)?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn validate(dir: &Path) -> anyhow::Result<ExitCode> {

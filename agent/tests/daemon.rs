@@ -1132,6 +1132,36 @@ fn a_node_that_does_not_come_back_is_rolled_back_and_the_rollout_halts() {
         "nothing restarts for a commit that failed"
     );
 
+    // An operator resumes the rollout from any node (`kraftops-agent
+    // resume`, with that node's credentials): the halt and its lease are
+    // gone, the next broker may restart.
+    let agent_yaml = tmp.path().join("broker-1.agent.yaml");
+    std::fs::write(
+        &agent_yaml,
+        agent_config("broker-1", &root, &remote, free_port(), &url),
+    )
+    .expect("agent.yaml");
+    let resumed = kraftops_agent::cli::run(
+        [
+            "kraftops-agent",
+            "resume",
+            "--config",
+            agent_yaml.to_str().expect("utf8"),
+        ]
+        .map(std::ffi::OsString::from),
+    )
+    .expect("resume runs");
+    assert_eq!(resumed, std::process::ExitCode::SUCCESS);
+    assert!(
+        coordinator.leases().is_empty(),
+        "{:?}",
+        coordinator.leases()
+    );
+    match other.acquire("broker", 60, Some(&bad)).expect("answered") {
+        LeaseAnswer::Granted(l) => other.release(&l).expect("released"),
+        LeaseAnswer::Busy(why) => panic!("still refused after the resume: {why}"),
+    }
+
     // A new commit (the fix) is applied: nothing to restart, converged.
     let fix = publish("back to 16 io threads", &|t| {
         t.replace("num.io.threads: 1\n", "num.io.threads: 16\n")

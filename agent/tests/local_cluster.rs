@@ -258,25 +258,8 @@ fn copy_example(dir: &Path) {
 /// head and converged; returns the head and the seconds it took.
 fn push_and_wait(state: &ClusterState, dir: &Path, message: &str) -> (String, f64) {
     let started = Instant::now();
-    let pushed = agent(&["push", dir.to_str().expect("UTF-8"), "-m", message]);
-    assert!(pushed.status.success(), "{}", stderr(&pushed));
-    let head = stdout(&pushed).trim().to_owned();
-    wait_until(
-        &format!("every agent converged on {message}"),
-        Duration::from_secs(1200),
-        || {
-            let views = kraftops_agent::local::node_views(state).ok()?;
-            views
-                .iter()
-                .all(|v| {
-                    v.report.as_ref().is_some_and(|r| {
-                        r.revision_applied.as_deref() == Some(head.as_str())
-                            && r.phase == kraftops_agent::protocol::Phase::Converged
-                    })
-                })
-                .then_some(())
-        },
-    );
+    let head = push(dir, message);
+    wait_converged(state, &head, message);
     (head, started.elapsed().as_secs_f64())
 }
 
@@ -306,6 +289,104 @@ fn unit_times(state: &ClusterState, node: &str, unit: &str) -> (u64, u64) {
         field("ActiveExitTimestampMonotonic"),
         field("ActiveEnterTimestampMonotonic"),
     )
+}
+
+/// Replaces `from` by `to` in `dir/file` (which must contain it).
+fn edit(dir: &Path, file: &str, from: &str, to: &str) {
+    let path = dir.join(file);
+    let text = std::fs::read_to_string(&path).expect("reading a repository file");
+    assert!(text.contains(from), "{file} has no {from:?}");
+    std::fs::write(&path, text.replacen(from, to, 1)).expect("writing a repository file");
+}
+
+/// When `unit` last became active on each of `nodes` (monotonic µs).
+fn started_at(
+    state: &ClusterState,
+    nodes: &[String],
+    unit: &str,
+) -> std::collections::BTreeMap<String, u64> {
+    nodes
+        .iter()
+        .map(|n| (n.clone(), unit_times(state, n, unit).1))
+        .collect()
+}
+
+/// The coordinator's rollout view.
+fn rollout_view(state: &ClusterState) -> Value {
+    http_json(&format!("{}/v1/rollout", state.coordinator_url))
+}
+
+/// Grants and releases of `role`'s lease from the coordinator's history
+/// (oldest first), as (node, granted at, released at) in Unix seconds;
+/// asserts that no two grants of the role overlapped.
+fn lease_log(state: &ClusterState, role: &str, since: u64) -> Vec<(String, u64, u64)> {
+    let view = rollout_view(state);
+    let mut events: Vec<&Value> = view["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .filter(|e| e["role"] == role && e["at"].as_u64().unwrap_or(0) >= since)
+        .collect();
+    events.reverse();
+    let mut open: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    let mut held = Vec::new();
+    for e in events {
+        let node = e["node"].as_str().unwrap_or_default().to_owned();
+        let at = e["at"].as_u64().unwrap_or(0);
+        match e["event"].as_str() {
+            Some("granted") => {
+                assert!(
+                    open.keys().all(|n| *n == node),
+                    "{node} was granted the {role} lease while {open:?} held it: {view}"
+                );
+                open.entry(node).or_insert(at);
+            }
+            Some("released" | "expired" | "cleared_by_new_commit" | "resumed") => {
+                if let Some(from) = open.remove(&node) {
+                    held.push((node, from, at));
+                }
+            }
+            _ => {}
+        }
+    }
+    held
+}
+
+/// Waits until every agent has applied `head` and converged.
+fn wait_converged(state: &ClusterState, head: &str, what: &str) {
+    wait_until(
+        &format!("every agent converged on {what}"),
+        Duration::from_secs(1200),
+        || {
+            let views = kraftops_agent::local::node_views(state).ok()?;
+            views
+                .iter()
+                .all(|v| {
+                    v.report.as_ref().is_some_and(|r| {
+                        r.revision_applied.as_deref() == Some(head)
+                            && r.phase == kraftops_agent::protocol::Phase::Converged
+                    })
+                })
+                .then_some(())
+        },
+    );
+}
+
+/// `local push <dir>` without waiting; returns the new head.
+fn push(dir: &Path, message: &str) -> String {
+    let pushed = agent(&["push", dir.to_str().expect("UTF-8"), "-m", message]);
+    assert!(pushed.status.success(), "{}", stderr(&pushed));
+    stdout(&pushed).trim().to_owned()
+}
+
+/// The metadata quorum's leader, by Kafka's own tool.
+fn quorum_leader(state: &ClusterState, model: &Model) -> u32 {
+    let status = checks::quorum_status(state, model).expect("kafka-metadata-quorum");
+    status
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("LeaderId:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no LeaderId in {status}"))
 }
 
 #[test]
@@ -812,15 +893,97 @@ fn the_example_cluster_comes_up_healthy_and_secure() {
     let (quiet_head, quiet_seconds) = push_and_wait(&state, valid.path(), "e2e: a topic");
     assert_ne!(quiet_head, head);
 
-    // A broker setting that needs a restart rolls through the brokers one
-    // at a time while a producer (acks=all) runs; every acknowledged record
-    // is read back afterwards.
+    // From here on one working copy collects every change. A shorter bake
+    // time and health timeout keep the test's rolls short; and a broker
+    // setting Kafka takes live (num.io.threads is dynamic: DescribeConfigs
+    // says it is not read-only) is applied through the Admin API on every
+    // broker, none restarts.
+    let work = valid;
     let connect_root = layout.node_root("connect-1").join("root");
     std::fs::write(
         connect_root.join("e2e-admin.properties"),
         client_props("admin", &admin_password),
     )
     .expect("writing the admin client config on connect-1");
+    // VerifiableProducer sets retries=0 before it reads this file: an
+    // idempotent producer retries (a roll moves leaders), and never writes
+    // a retried record twice.
+    std::fs::write(
+        connect_root.join("e2e-producer.properties"),
+        format!(
+            "{}enable.idempotence=true\nretries=2147483647\ndelivery.timeout.ms=300000\n",
+            client_props("admin", &admin_password)
+        ),
+    )
+    .expect("writing the producer config on connect-1");
+    edit(work.path(), "cluster.yaml", "cooldown: 30s", "cooldown: 5s");
+    edit(
+        work.path(),
+        "cluster.yaml",
+        "health_timeout: 10m",
+        "health_timeout: 90s",
+    );
+    edit(
+        work.path(),
+        "cluster.yaml",
+        "num.io.threads: 16",
+        "num.io.threads: 12",
+    );
+    let brokers: Vec<String> = state
+        .nodes
+        .iter()
+        .filter(|n| n.role == "broker")
+        .map(|n| n.name.clone())
+        .collect();
+    let controllers: Vec<String> = state
+        .nodes
+        .iter()
+        .filter(|n| n.role == "controller")
+        .map(|n| n.name.clone())
+        .collect();
+    let before_live = started_at(&state, &brokers, "kafka.service");
+    let (_, live_seconds) = push_and_wait(&state, work.path(), "e2e: a dynamic broker setting");
+    assert_eq!(
+        started_at(&state, &brokers, "kafka.service"),
+        before_live,
+        "a dynamic setting restarted a broker"
+    );
+    for b in &brokers {
+        // The example's brokers are broker-<node id>.
+        let id = b.trim_start_matches("broker-");
+        let described = exec(
+            &state,
+            "connect-1",
+            &[
+                "/opt/kafka/bin/kafka-configs.sh",
+                "--bootstrap-server",
+                bootstrap,
+                "--command-config",
+                "/root/e2e-admin.properties",
+                "--entity-type",
+                "brokers",
+                "--entity-name",
+                id,
+                "--describe",
+                "--all",
+            ],
+            None,
+        );
+        let text = stdout(&described);
+        assert!(
+            text.lines()
+                .any(|l| l.trim_start().starts_with("num.io.threads=12 ")),
+            "{b} (node {id}) does not run num.io.threads=12 live:\n{text}{}",
+            stderr(&described)
+        );
+    }
+    report!(
+        "dynamic broker setting: applied live on every broker, none restarted, push to converged {live_seconds:.0} s"
+    );
+
+    // A broker setting that needs a restart rolls through the brokers one
+    // at a time while a producer (acks=all) runs; every acknowledged record
+    // is read back afterwards.
     let create = exec(
         &state,
         "connect-1",
@@ -848,12 +1011,7 @@ fn the_example_cluster_comes_up_healthy_and_secure() {
         "creating e2e-roll: {}",
         stderr(&create)
     );
-    let brokers: Vec<String> = state
-        .nodes
-        .iter()
-        .filter(|n| n.role == "broker")
-        .map(|n| n.name.clone())
-        .collect();
+    let roll_since = kraftops_agent::daemon::reconcile::now();
     let started_before: std::collections::BTreeMap<String, u64> = brokers
         .iter()
         .map(|b| (b.clone(), unit_times(&state, b, "kafka.service").1))
@@ -864,7 +1022,7 @@ fn the_example_cluster_comes_up_healthy_and_secure() {
         &[
             "/opt/kafka/bin/kafka-run-class.sh", "org.apache.kafka.tools.VerifiableProducer",
             "--bootstrap-server", "broker-1.kafka.internal:9092,broker-2.kafka.internal:9092,broker-3.kafka.internal:9092,broker-4.kafka.internal:9092",
-            "--producer.config", "/root/e2e-admin.properties", "--topic", "e2e-roll",
+            "--producer.config", "/root/e2e-producer.properties", "--topic", "e2e-roll",
             "--acks", "-1", "--throughput", "20", "--max-messages", "-1",
         ],
     )
@@ -902,26 +1060,14 @@ fn the_example_cluster_comes_up_healthy_and_secure() {
         Duration::from_secs(120),
         || (!acked.lock().expect("lock").is_empty()).then_some(()),
     );
-    let rolled = tempfile::tempdir().expect("tempdir");
-    copy_example(rolled.path());
-    std::fs::copy(
-        valid.path().join("topics/e2e.yaml"),
-        rolled.path().join("topics/e2e.yaml"),
-    )
-    .expect("keeping the topic file");
-    let cluster_yaml = rolled.path().join("cluster.yaml");
-    let text = std::fs::read_to_string(&cluster_yaml).expect("cluster.yaml");
-    assert!(text.contains("group.initial.rebalance.delay.ms: 3000"));
-    std::fs::write(
-        &cluster_yaml,
-        text.replace(
-            "group.initial.rebalance.delay.ms: 3000",
-            "group.initial.rebalance.delay.ms: 2000",
-        ),
-    )
-    .expect("changing a static broker setting");
+    edit(
+        work.path(),
+        "cluster.yaml",
+        "group.initial.rebalance.delay.ms: 3000",
+        "group.initial.rebalance.delay.ms: 2000",
+    );
     let (roll_head, roll_seconds) =
-        push_and_wait(&state, rolled.path(), "e2e: a static broker setting");
+        push_and_wait(&state, work.path(), "e2e: a static broker setting");
     std::thread::sleep(Duration::from_secs(5));
     // nsenter forks: the producer's JVM runs under the node's init, so it
     // is stopped inside the node (SIGTERM: it flushes and reports).
@@ -993,9 +1139,15 @@ fn the_example_cluster_comes_up_healthy_and_secure() {
         ],
         None,
     );
-    let read: std::collections::BTreeSet<String> =
-        stdout(&consumed).lines().map(str::to_owned).collect();
-    let lost: Vec<&String> = acked.iter().filter(|v| !read.contains(*v)).collect();
+    let consumed_text = stdout(&consumed);
+    let mut copies: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for line in consumed_text.lines() {
+        *copies.entry(line).or_default() += 1;
+    }
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|v| !copies.contains_key(v.as_str()))
+        .collect();
     assert!(
         lost.is_empty(),
         "{} of {} acknowledged records were not read back: {:?}",
@@ -1003,14 +1155,81 @@ fn the_example_cluster_comes_up_healthy_and_secure() {
         acked.len(),
         lost.iter().take(10).collect::<Vec<_>>()
     );
+    // The producer is idempotent: a retried send is never written twice.
+    let duplicated: Vec<(&&str, &usize)> = copies.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        duplicated.is_empty(),
+        "records written more than once: {:?}",
+        duplicated.iter().take(10).collect::<Vec<_>>()
+    );
+    // The coordinator's lease log agrees: one broker at a time.
+    let held = lease_log(&state, "broker", roll_since);
+    assert_eq!(
+        held.iter()
+            .map(|h| h.0.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        brokers.len(),
+        "every broker took the lease once: {held:?}"
+    );
     report!(
-        "rolling change {}: {} records acknowledged and read back, {} sends refused, brokers down (monotonic µs): {downs:?}",
+        "broker lease log (node, granted, released, Unix s): {held:?}; per broker {:?} s",
+        held.iter().map(|h| h.2 - h.1).collect::<Vec<_>>()
+    );
+    // Retriable errors (a moved leader) are retried inside the producer;
+    // a send that fails for good is a refused write.
+    let refused = errors.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(refused, 0, "sends failed during the roll");
+    report!(
+        "rolling change {}: {} records acknowledged and read back, none written twice, {refused} sends failed, brokers down (monotonic µs): {downs:?}",
         &roll_head[..12],
         acked.len(),
-        errors.load(std::sync::atomic::Ordering::Relaxed)
     );
     report!(
         "push to converged: no-restart change {quiet_seconds:.0} s, rolling change {roll_seconds:.0} s"
+    );
+
+    // A controller setting: the controllers restart one at a time, each
+    // only while the other two are caught up, the active one last.
+    let leader_before = quorum_leader(&state, &model);
+    let controllers_before = started_at(&state, &controllers, "kafka.service");
+    let controller_since = kraftops_agent::daemon::reconcile::now();
+    edit(
+        work.path(),
+        "cluster.yaml",
+        "  metadata_dir: /var/lib/kafka/metadata\n",
+        "  metadata_dir: /var/lib/kafka/metadata\n  settings:\n    controller.quorum.append.linger.ms: 20\n",
+    );
+    let (_, controller_seconds) = push_and_wait(&state, work.path(), "e2e: a controller setting");
+    let mut controller_downs: Vec<(String, u64, u64)> = controllers
+        .iter()
+        .map(|c| {
+            let (exit, enter) = unit_times(&state, c, "kafka.service");
+            assert!(
+                exit > controllers_before[c] && enter > exit,
+                "{c} restarted for the controller setting"
+            );
+            (c.clone(), exit, enter)
+        })
+        .collect();
+    controller_downs.sort_by_key(|d| d.1);
+    for pair in controller_downs.windows(2) {
+        assert!(
+            pair[0].2 <= pair[1].1,
+            "{} was still down when {} went down: {controller_downs:?}",
+            pair[0].0,
+            pair[1].0
+        );
+    }
+    let last = &controller_downs.last().expect("three controllers").0;
+    let leader_name = format!("controller-{}", leader_before - 3000);
+    assert_eq!(
+        last, &leader_name,
+        "the active controller (node {leader_before}) restarts last: {controller_downs:?}"
+    );
+    let controller_held = lease_log(&state, "controller", controller_since);
+    report!(
+        "controller setting: 3 controllers rolled one at a time, the active one ({leader_name}) last, in {controller_seconds:.0} s; lease log {controller_held:?}"
     );
 
     // A broker stopped by hand (its agent stopped too, or it would start
@@ -1091,6 +1310,44 @@ fn the_example_cluster_comes_up_healthy_and_secure() {
         "inactive",
         "nothing but the agent may start Kafka again"
     );
+    // A broker already down blocks every other broker's restart: a static
+    // setting pushed now waits at the other brokers' gates (broker-4 fenced,
+    // its partitions under-replicated) until broker-4 is back.
+    let others: Vec<String> = brokers
+        .iter()
+        .filter(|b| **b != victim.name)
+        .cloned()
+        .collect();
+    let blocked_before = started_at(&state, &others, "kafka.service");
+    edit(
+        work.path(),
+        "cluster.yaml",
+        "group.initial.rebalance.delay.ms: 2000",
+        "group.initial.rebalance.delay.ms: 1000",
+    );
+    let blocked_head = push(work.path(), "e2e: a static setting while broker-4 is down");
+    let gate_reason = wait_until(
+        "another broker waiting at its gate",
+        Duration::from_secs(240),
+        || {
+            let views = kraftops_agent::local::node_views(&state).ok()?;
+            views.iter().find_map(|v| {
+                let r = v.report.as_ref()?;
+                let w = r.waiting.as_ref()?;
+                (others.contains(&v.node)
+                    && r.revision_applied.as_deref() == Some(blocked_head.as_str())
+                    && w.reason.starts_with("gate:"))
+                .then(|| format!("{}: {}", v.node, w.reason))
+            })
+        },
+    );
+    std::thread::sleep(Duration::from_secs(20));
+    assert_eq!(
+        started_at(&state, &others, "kafka.service"),
+        blocked_before,
+        "a broker restarted while broker-4 was down"
+    );
+    report!("while broker-4 was down, the other brokers waited: {gate_reason}");
     let started = exec(
         &state,
         &victim.name,
@@ -1120,6 +1377,100 @@ fn the_example_cluster_comes_up_healthy_and_secure() {
         "broker-4 stopped by hand: InstanceDown active in Alertmanager after {fired_after:.0} s (for: 1m), at the coordinator too; Kafka started by the agent {:.0} s after the agent was back",
         agent_back.elapsed().as_secs_f64()
     );
+
+    wait_converged(
+        &state,
+        &blocked_head,
+        "the static setting once broker-4 was back",
+    );
+    let after_blocked = started_at(&state, &others, "kafka.service");
+    for b in &others {
+        assert!(
+            after_blocked[b] > blocked_before[b],
+            "{b} restarted once broker-4 was back"
+        );
+    }
+
+    // A setting Kafka cannot start with: the first broker to take the lease
+    // fails its health gate, is rolled back to the last good commit and
+    // serves again; the rollout halts there (the lease stays held), so no
+    // other broker restarts; the next commit (the fix) continues.
+    let before_fail = started_at(&state, &brokers, "kafka.service");
+    edit(
+        work.path(),
+        "cluster.yaml",
+        "    group.initial.rebalance.delay.ms: 1000\n",
+        "    group.initial.rebalance.delay.ms: 1000\n    queued.max.requests: 0\n",
+    );
+    let bad_head = push(work.path(), "e2e: a setting Kafka cannot start with");
+    let failed_at = Instant::now();
+    let (failed_node, failure) = wait_until(
+        "a broker to fail and be rolled back",
+        Duration::from_secs(600),
+        || {
+            let views = kraftops_agent::local::node_views(&state).ok()?;
+            views.iter().find_map(|v| {
+                let r = v.report.as_ref()?;
+                let e = r.last_error.as_ref()?;
+                (r.phase == kraftops_agent::protocol::Phase::Failed
+                    && e.message.contains("rolled back to"))
+                .then(|| (v.node.clone(), e.message.clone()))
+            })
+        },
+    );
+    let rollout = rollout_view(&state);
+    let halted = rollout["roles"]
+        .as_array()
+        .expect("roles")
+        .iter()
+        .find(|r| r["role"] == "broker")
+        .map(|r| r["halted"][0].clone())
+        .unwrap_or(Value::Null);
+    assert!(
+        halted["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("rolled back")),
+        "the broker rollout is halted with the reason: {rollout}"
+    );
+    std::thread::sleep(Duration::from_secs(20));
+    let after_fail = started_at(&state, &brokers, "kafka.service");
+    let restarted: Vec<&String> = brokers
+        .iter()
+        .filter(|b| after_fail[*b] != before_fail[*b])
+        .collect();
+    assert_eq!(
+        restarted,
+        vec![&failed_node],
+        "only the failed broker restarted (twice: the bad commit, the rollback)"
+    );
+    let failed_view = kraftops_agent::local::node_views(&state)
+        .expect("the coordinator answers")
+        .into_iter()
+        .find(|v| v.node == failed_node)
+        .and_then(|v| v.report)
+        .expect("the failed node reports");
+    assert_eq!(
+        failed_view.revision_applied.as_deref(),
+        Some(blocked_head.as_str()),
+        "{failed_node} runs the last good commit again"
+    );
+    assert_eq!(
+        checks::unit_state(&state, &failed_node, "kafka.service").expect("systemctl"),
+        "active"
+    );
+    report!(
+        "a setting Kafka cannot start with ({}): {failed_node} failed and was rolled back after {:.0} s, the rollout halted: {failure}",
+        &bad_head[..12],
+        failed_at.elapsed().as_secs_f64()
+    );
+    edit(
+        work.path(),
+        "cluster.yaml",
+        "    queued.max.requests: 0\n",
+        "",
+    );
+    let (_, fix_seconds) = push_and_wait(&state, work.path(), "e2e: the fix");
+    report!("the fix converged every node in {fix_seconds:.0} s");
 
     // Measures (printed, not asserted).
     report!(
