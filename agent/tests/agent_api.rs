@@ -17,7 +17,8 @@ use http_body_util::BodyExt as _;
 use kraftops_agent::daemon::api::{self, MAX_BODY_BYTES};
 use kraftops_agent::daemon::state::{AgentState, Metrics, Trigger};
 use kraftops_agent::protocol::{
-    CertificateStatus, DriftEvent, Phase, ReportedError, StatusReport, UnitStatus,
+    CertificateStatus, DriftEvent, Phase, ReportedError, RestartRecord, StatusReport, UnitStatus,
+    Waiting,
 };
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -75,8 +76,18 @@ fn full_report() -> StatusReport {
             at: 1_700_000_050,
         }],
         reported_at: 1_700_000_200,
-        waiting: None,
-        restarts: vec![],
+        waiting: Some(Waiting {
+            reason: "gate: under-replicated partitions: orders-1".into(),
+            since: 1_700_000_030,
+        }),
+        restarts: vec![RestartRecord {
+            unit: "kafka.service".into(),
+            revision: Some("9f2c".into()),
+            started_at: 1_700_000_000,
+            healthy_at: Some(1_700_000_020),
+            outcome: "healthy".into(),
+            detail: Some("back in every ISR".into()),
+        }],
     }
 }
 
@@ -1085,6 +1096,8 @@ fn openapi_schemas_match_the_protocol_types() {
         ),
         ("ReportedError", &full["last_error"], &bare_error),
         ("DriftEvent", &full["drift"][0], &full["drift"][0]),
+        ("Waiting", &full["waiting"], &full["waiting"]),
+        ("RestartRecord", &full["restarts"][0], &full["restarts"][0]),
     ] {
         let schema = schema(&doc, name);
         assert_eq!(property_names(schema), keys(populated), "{name} properties");
