@@ -30,3 +30,16 @@ pub mod local;
 pub mod protocol;
 pub mod rollout;
 pub mod sync;
+
+/// `err` and its sources, as `a: b: c` (what a status, a log line or a
+/// refusal shows of an error).
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

@@ -16,6 +16,7 @@ use crate::certs;
 use crate::config::{AgentConfig, ServiceManagerKind};
 use crate::daemon::client::{CoordinatorClient, LeaseAnswer};
 use crate::daemon::state::Trigger;
+use crate::error_chain as chain;
 use crate::protocol::{
     CertificateStatus, Lease, Phase, ReportedError, RestartRecord, UnitStatus, Waiting,
 };
@@ -248,18 +249,6 @@ fn error(message: impl Into<String>, commit: Option<&str>, problems: Vec<String>
         problems,
         at: now(),
     }
-}
-
-/// `err` and its sources, as `a: b: c`.
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 impl Reconciler {

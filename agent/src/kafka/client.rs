@@ -436,7 +436,7 @@ impl AdminClient {
                 Err(KafkaError::NoBootstrap(
                     failures
                         .iter()
-                        .map(error_chain)
+                        .map(|e| crate::error_chain(e))
                         .collect::<Vec<_>>()
                         .join("; "),
                 ))
@@ -476,18 +476,6 @@ impl AdminClient {
             .unwrap_or_else(PoisonError::into_inner)
             .extend(nodes);
     }
-}
-
-/// `error` and its sources, `: `-separated.
-fn error_chain(error: &KafkaError) -> String {
-    let mut out = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(e) = source {
-        out.push_str(": ");
-        out.push_str(&e.to_string());
-        source = e.source();
-    }
-    out
 }
 
 impl KafkaAdmin for AdminClient {

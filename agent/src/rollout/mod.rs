@@ -25,6 +25,7 @@ use desired_state::{Model, Role};
 use roles::Secrets;
 
 use crate::apply::PendingKafka;
+use crate::error_chain as chain;
 use crate::kafka::{AdminClient, AdminConfig, Auth, ConfigOp, KafkaAdmin, KafkaError};
 pub use gates::Health;
 
@@ -33,18 +34,6 @@ const KAFKA_TIMEOUT: Duration = Duration::from_secs(15);
 /// KRaft's default `controller.quorum.fetch.timeout.ms`: a voter is caught
 /// up if it fetched within this long of the leader.
 const DEFAULT_FETCH_TIMEOUT_MS: i64 = 2_000;
-
-/// `err` and its sources, as `a: b: c`.
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
 
 /// This node's Kafka, as the rollout needs it.
 pub struct KafkaNode {
@@ -372,8 +361,8 @@ impl KafkaNode {
         };
         let keystore = std::fs::read_to_string(roles::layout::KEYSTORE)
             .map_err(|e| format!("reading {}: {e}", roles::layout::KEYSTORE))?;
-        let (_, chain) = crate::certs::read_keystore(&keystore).map_err(|e| chain_of(&e))?;
-        let want = crate::certs::leaf_der(&chain).map_err(|e| chain_of(&e))?;
+        let (_, certs) = crate::certs::read_keystore(&keystore).map_err(|e| chain(&e))?;
+        let want = crate::certs::leaf_der(&certs).map_err(|e| chain(&e))?;
         let served = served_certificate(host, *port, &self.ca_pem)?;
         if served == want {
             Ok(())
@@ -383,10 +372,6 @@ impl KafkaNode {
             ))
         }
     }
-}
-
-fn chain_of(err: &dyn std::error::Error) -> String {
-    chain(err)
 }
 
 fn describe_op(op: &ConfigOp) -> String {
