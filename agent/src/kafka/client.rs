@@ -86,7 +86,7 @@ pub struct AdminConfig {
 /// (the next call connects afresh), and a reused one the node has closed
 /// meanwhile is replaced once, at once.
 pub struct AdminClient {
-    config: AdminConfig,
+    pub(super) config: AdminConfig,
     settings: Settings,
     /// Address → idle connection. A call takes its connection out while it
     /// runs, so calls to different nodes do not wait for each other.
@@ -106,7 +106,7 @@ impl std::fmt::Debug for AdminClient {
 
 /// Where a request goes.
 #[derive(Clone, Copy)]
-enum Target {
+pub(super) enum Target {
     /// Any node: the bootstrap addresses in order, open connections first.
     Any,
     /// That node (its address from the cluster's metadata).
@@ -128,10 +128,10 @@ impl CallError {
     }
 }
 
-const RESOURCE_TOPIC: i8 = 2;
+pub(super) const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
-const OP_SET: i8 = 0;
-const OP_DELETE: i8 = 1;
+pub(super) const OP_SET: i8 = 0;
+pub(super) const OP_DELETE: i8 = 1;
 const ELECTION_PREFERRED: i8 = 0;
 /// DescribeCluster's `endpoint_type` (KIP-919).
 const ENDPOINT_BROKERS: i8 = 1;
@@ -160,7 +160,7 @@ pub(super) fn error_name(code: i16) -> String {
     }
 }
 
-fn kafka_error(
+pub(super) fn kafka_error(
     api: &'static str,
     what: String,
     code: i16,
@@ -176,15 +176,15 @@ fn kafka_error(
     }
 }
 
-fn text(s: &StrBytes) -> String {
+pub(super) fn text(s: &StrBytes) -> String {
     s.as_str().to_owned()
 }
 
-fn str_bytes(s: &str) -> StrBytes {
+pub(super) fn str_bytes(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_owned())
 }
 
-fn topic_name(s: &str) -> TopicName {
+pub(super) fn topic_name(s: &str) -> TopicName {
     TopicName(str_bytes(s))
 }
 
@@ -192,7 +192,7 @@ fn ids(ids: &[BrokerId]) -> Vec<i32> {
     ids.iter().map(|id| id.0).collect()
 }
 
-fn port(api: &'static str, address: &str, port: i32) -> Result<u16, KafkaError> {
+pub(super) fn port(api: &'static str, address: &str, port: i32) -> Result<u16, KafkaError> {
     u16::try_from(port).map_err(|_| KafkaError::Protocol {
         api,
         address: address.to_owned(),
@@ -333,7 +333,7 @@ impl AdminClient {
         Ok(())
     }
 
-    fn timeout_ms(&self) -> i32 {
+    pub(super) fn timeout_ms(&self) -> i32 {
         i32::try_from(self.config.timeout.as_millis()).unwrap_or(i32::MAX)
     }
 
@@ -390,7 +390,7 @@ impl AdminClient {
         }
     }
 
-    fn call<R: Request>(
+    pub(super) fn call<R: Request>(
         &self,
         target: Target,
         api: &'static str,
@@ -470,7 +470,7 @@ impl AdminClient {
             .ok_or(KafkaError::UnknownNode { id })
     }
 
-    fn remember_nodes(&self, nodes: impl IntoIterator<Item = (i32, String)>) {
+    pub(super) fn remember_nodes(&self, nodes: impl IntoIterator<Item = (i32, String)>) {
         self.nodes
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

@@ -1,5 +1,7 @@
 //! Talking to Kafka itself: the admin calls the rollout needs (metadata,
-//! configs, quorum, leader election), over Kafka's own wire protocol.
+//! configs, quorum, leader election), and those a coordinator needs for
+//! cluster-scope resources ([`ClusterAdmin`]: features, topics, SCRAM users,
+//! ACLs, quotas, consumer groups), over Kafka's own wire protocol.
 //!
 //! [`KafkaAdmin`] is the seam: the rollout gates and the dynamic-config
 //! applier are written against it and unit-tested with scripted fakes;
@@ -12,7 +14,10 @@
 //! `unsafe` code, which this workspace forbids; every call here is a plain
 //! request/response on the protocol Kafka documents.
 
+mod assignment;
 pub mod client;
+pub mod cluster;
+mod cluster_client;
 mod connection;
 mod scram;
 
@@ -20,6 +25,13 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 pub use client::{AdminClient, AdminConfig, Auth};
+pub use cluster::{
+    AclBinding, AclFilter, AclOperation, AclPatternType, AclPermission, AclResourceType,
+    ClusterAdmin, FeatureDescription, FeatureRange, FeatureUpdateKind, GroupDescription,
+    GroupMember, ItemResults, ListedGroup, NewPartitions, NewTopic, QuotaEntity, QuotaFilter,
+    QuotaKey, QuotaOp, ScramCredentialInfo, ScramDeletion, ScramMechanism, ScramUpsert,
+    TopicConfigChange,
+};
 
 /// A partition, by topic and index.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -220,6 +232,20 @@ pub enum KafkaError {
         /// Kafka's error name, e.g. `INVALID_CONFIG`.
         code: String,
         message: Option<String>,
+    },
+    /// Several items of one batch call failed (each names its item).
+    #[error("{api}: {} items failed: {}", errors.len(), errors.iter().map(|e| crate::error_chain(e)).collect::<Vec<_>>().join("; "))]
+    Several {
+        api: &'static str,
+        errors: Vec<KafkaError>,
+    },
+    /// A request this client refuses to send, e.g. a filter-only value in
+    /// an ACL to create.
+    #[error("{api}: {what}: {reason}")]
+    Invalid {
+        api: &'static str,
+        what: String,
+        reason: String,
     },
     #[error("node {id} is not known to the cluster")]
     UnknownNode { id: i32 },

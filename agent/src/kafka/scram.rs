@@ -185,6 +185,32 @@ fn parse_server_first(message: &str) -> Result<ServerFirst, ScramError> {
     })
 }
 
+/// Iterations Kafka accepts in a credential set through
+/// `AlterUserScramCredentials`.
+pub(super) const CREDENTIAL_ITERATIONS: std::ops::RangeInclusive<u32> = MIN_ITERATIONS..=16384;
+
+/// What `AlterUserScramCredentials` carries for a new credential: a fresh
+/// random salt and `SaltedPassword = Hi(password, salt, iterations)`. The
+/// broker derives StoredKey and ServerKey from it; the password itself
+/// never leaves the client.
+pub(super) struct SaltedCredential {
+    pub(super) salt: Vec<u8>,
+    pub(super) salted_password: [u8; 64],
+}
+
+pub(super) fn new_credential(password: &str, iterations: u32) -> SaltedCredential {
+    use rand::RngCore as _;
+    let mut salt = vec![0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut salt);
+    let salted_password = salted_password(password.as_bytes(), &salt, iterations);
+    SaltedCredential {
+        salt,
+        salted_password,
+    }
+}
+
+/// `Hi(password, salt, iterations)` of RFC 5802 with HMAC-SHA-512, which is
+/// PBKDF2-HMAC-SHA512 with a 64-byte output.
 fn salted_password(password: &[u8], salt: &[u8], iterations: u32) -> [u8; 64] {
     let mut out = [0u8; 64];
     pbkdf2::pbkdf2_hmac::<Sha512>(password, salt, iterations, &mut out);
@@ -226,11 +252,15 @@ mod tests {
             let iterations = 4096;
             let mut salted = [0u8; 64];
             pbkdf2::pbkdf2_hmac::<Sha512>(password.as_bytes(), &salt, iterations, &mut salted);
-            let mut mac = HmacSha512::new_from_slice(&salted).expect("key");
+            Self::from_salted(salt, iterations, &salted)
+        }
+
+        fn from_salted(salt: Vec<u8>, iterations: u32, salted: &[u8]) -> Self {
+            let mut mac = HmacSha512::new_from_slice(salted).expect("key");
             mac.update(b"Client Key");
             let client_key = mac.finalize().into_bytes();
             let stored_key = Sha512::digest(client_key).to_vec();
-            let mut mac = HmacSha512::new_from_slice(&salted).expect("key");
+            let mut mac = HmacSha512::new_from_slice(salted).expect("key");
             mac.update(b"Server Key");
             let server_key = mac.finalize().into_bytes().to_vec();
             TestServer {
@@ -344,6 +374,36 @@ mod tests {
             client.client_final(&format!("m=ext,r=abcd,s={salt},i=4096")),
             Err(ScramError::ServerFirst(_))
         ));
+    }
+
+    /// A known vector, computed independently with Python:
+    /// `hashlib.pbkdf2_hmac("sha512", b"pencil", b"kraftops-salt", 4096).hex()`.
+    #[test]
+    fn salted_password_matches_pbkdf2_hmac_sha512() {
+        let expected = "6d4dbea63b7806aecc9e21ca21e33e7ff295ba24c137b842198a5668cb5436aa\
+                        44c68faeb0cd10a60e597ccc451c5fd9b9c0ad12da2b7845fb934d2273483dbf";
+        let got = hex::encode(salted_password(b"pencil", b"kraftops-salt", 4096));
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn a_new_credential_has_a_fresh_salt_and_authenticates_against_a_server() {
+        let one = new_credential("s3cret", 4096);
+        let two = new_credential("s3cret", 4096);
+        assert_eq!(one.salt.len(), 32);
+        assert_ne!(one.salt, two.salt, "salts are random");
+        assert_ne!(one.salted_password, two.salted_password);
+        // A server holding only what the credential lets it derive accepts
+        // the client's proof for that password.
+        let mut server = TestServer::from_salted(one.salt.clone(), 4096, &one.salted_password);
+        let client = ScramClient::new("alice", "s3cret", new_nonce());
+        let first = client.client_first();
+        let server_first = server.first(&first);
+        let (client_final, expected) = client.client_final(&server_first).expect("final");
+        let server_final = server
+            .last(&first, &server_first, &client_final)
+            .expect("the server accepts the proof");
+        expected.verify(&server_final).expect("signature");
     }
 
     #[test]
