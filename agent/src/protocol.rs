@@ -261,6 +261,27 @@ pub struct RolloutView {
     /// The newest lease events (at most 200), newest first. Kept in memory:
     /// empty after a coordinator restart.
     pub history: Vec<LeaseEvent>,
+    /// `kafka.metadata_version`: where raising Kafka's `metadata.version`
+    /// stands; `null` when git does not ask for a level.
+    #[serde(default)]
+    pub metadata_version: Option<MetadataVersionView>,
+}
+
+/// Raising `metadata.version` to the level git asks for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetadataVersionView {
+    /// The release git asks for, e.g. `4.2`.
+    pub desired: String,
+    /// Its `metadata.version` level.
+    pub desired_level: Option<u16>,
+    /// The level Kafka has finalized, when it was asked (it is asked only
+    /// once every broker and controller runs the commit).
+    pub finalized_level: Option<u16>,
+    /// `waiting` (for nodes still on an older commit), `at_level`, `above`
+    /// (Kafka is above the desired level; never lowered), `error`.
+    pub state: String,
+    pub detail: Option<String>,
+    pub checked_at: u64,
 }
 
 /// The maintenance windows, now.

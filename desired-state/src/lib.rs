@@ -10,6 +10,7 @@
 //! [`load_dir`]: no clock, no network, no writes.
 
 mod diagnostic;
+pub mod features;
 mod load;
 mod located;
 pub mod model;

@@ -138,6 +138,13 @@ pub struct KafkaSpec {
     pub install_dir: AbsPath,
     #[serde(default)]
     pub jmx_exporter: JmxExporterSpec,
+    /// The release whose `metadata.version` the cluster should run, e.g.
+    /// `4.2`. The coordinator raises the finalized level to it (only
+    /// `metadata.version`, never the other features) once every broker and
+    /// controller runs the commit that asks for it, and never lowers it.
+    /// Unset: the level stays where `kafka-storage format` put it.
+    #[serde(default)]
+    pub metadata_version: Option<Located<MetadataRelease>>,
 }
 
 /// Where the Kafka distribution comes from.

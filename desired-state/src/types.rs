@@ -383,6 +383,21 @@ string_newtype!(
 );
 
 string_newtype!(
+    /// A Kafka release whose `metadata.version` the cluster should run, such as `4.1`.
+    MetadataRelease,
+    pattern = Some("^[0-9]+\\.[0-9]+$"),
+    description = "a Kafka release MAJOR.MINOR whose metadata.version the cluster runs",
+    check = |s| {
+        if crate::features::metadata_level(s).is_some() {
+            Ok(())
+        } else {
+            let known: Vec<&str> = crate::features::METADATA_VERSIONS.iter().map(|(r, _, _)| *r).collect();
+            Err(format!("metadata_version {s:?} is not a Kafka release kraftops knows the metadata.version of (known: {})", known.join(", ")))
+        }
+    }
+);
+
+string_newtype!(
     /// A version such as `4.1.1`.
     Version,
     pattern = Some("^[0-9]+\\.[0-9]+\\.[0-9]+$"),

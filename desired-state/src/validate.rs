@@ -150,6 +150,7 @@ pub(crate) fn validate(model: &Model, notes: &LoadNotes) -> Vec<Diagnostic> {
     check_connectors(&mut c);
     check_observability(&mut c);
     check_security(&mut c);
+    check_metadata_version(&mut c);
     check_aws(&mut c);
     check_rollout(&mut c);
     c.out
@@ -1045,6 +1046,30 @@ fn collect_foreign_datasources(v: &serde_json::Value, bad: &mut BTreeSet<String>
             .iter()
             .for_each(|i| collect_foreign_datasources(i, bad)),
         _ => {}
+    }
+}
+
+/// A `metadata_version` newer than the Kafka version the cluster runs
+/// could never be finalized: Kafka refuses a level its nodes do not support.
+fn check_metadata_version(c: &mut Checker<'_>) {
+    let kafka = &c.model.cluster.kafka;
+    let Some(wanted) = &kafka.metadata_version else {
+        return;
+    };
+    if let (Some(release), Some(running)) = (
+        crate::features::release_of(&format!("{}.0", wanted.as_str())),
+        crate::features::release_of(kafka.version.as_str()),
+    ) && release > running
+    {
+        c.err(
+            CLUSTER,
+            wanted.pos,
+            format!(
+                "metadata_version {} is newer than Kafka {} supports; raise kafka.version first (metadata.version can only reach the release every node runs)",
+                wanted.as_str(),
+                kafka.version.as_str()
+            ),
+        );
     }
 }
 

@@ -174,7 +174,7 @@ fn unknown_key_in_cluster_yaml() {
     assert_problems(
         &repo,
         &[
-            "cluster.yaml:15:3: unknown field `install_directory`, expected one of version, distribution, install_dir, jmx_exporter",
+            "cluster.yaml:15:3: unknown field `install_directory`, expected one of version, distribution, install_dir, jmx_exporter, metadata_version",
         ],
     );
 }
@@ -1289,4 +1289,44 @@ fn a_valid_rollout_policy_loads() {
     assert_eq!(rollout.maintenance_windows.len(), 2);
     assert_eq!(rollout.maintenance_windows[1].start.minutes(), 150);
     assert!(rollout.maintenance_windows[1].days.is_empty());
+}
+
+// ---------------------------------------------------------- metadata.version
+
+#[test]
+fn a_metadata_version_kafka_has_no_level_for() {
+    let repo = seed().replace(
+        "cluster.yaml",
+        "  version: 4.1.1\n",
+        "  version: 4.1.1\n  metadata_version: \"4.7\"\n",
+    );
+    let problems = repo.problems();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].starts_with(
+            "cluster.yaml:11:21: metadata_version \"4.7\" is not a Kafka release kraftops knows"
+        ) && problems[0].contains("4.1, 4.2"),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn a_metadata_version_newer_than_the_kafka_version() {
+    let repo = seed().replace(
+        "cluster.yaml",
+        "  version: 4.1.1\n",
+        "  version: 4.1.1\n  metadata_version: \"4.2\"\n",
+    );
+    assert_problems(
+        &repo,
+        &[
+            "cluster.yaml:11:21: metadata_version 4.2 is newer than Kafka 4.1.1 supports; raise kafka.version first (metadata.version can only reach the release every node runs)",
+        ],
+    );
+    let fine = seed().replace(
+        "cluster.yaml",
+        "  version: 4.1.1\n",
+        "  version: 4.1.1\n  metadata_version: \"4.1\"\n",
+    );
+    assert_eq!(fine.problems(), Vec::<String>::new());
 }

@@ -2,9 +2,7 @@
 //! (SASL_SSL/SCRAM-SHA-512 for the worker and every client it creates), its
 //! password file and `kafka-connect.service` with the JMX exporter.
 
-use crate::kafka::{
-    self, JmxRules, JvmService, Props, SCRAM_MECHANISM, exec_line, install_bin, literal, set,
-};
+use crate::kafka::{self, JmxRules, JvmService, Props, SCRAM_MECHANISM, set};
 use crate::layout::{self, MANAGED_HEADER};
 use crate::{Ctx, OnChange, Plan, PlannedFile, RenderError, properties};
 
@@ -107,10 +105,7 @@ pub(crate) fn render(ctx: &Ctx<'_>, plan: &mut Plan) -> Result<(), RenderError> 
     plan.units.push(kafka::jvm_unit(&JvmService {
         unit,
         description: format!("Kafka Connect worker {}", ctx.node.name.as_str()),
-        exec_start: exec_line(&[
-            literal(install_bin(ctx, "connect-distributed.sh")),
-            literal(layout::CONNECT_PROPERTIES),
-        ]),
+        exec_start: kafka::jvm_exec(ctx, "connect-distributed.sh", &[layout::CONNECT_PROPERTIES]),
         // Stopping tasks and leaving the group takes seconds, not minutes.
         timeout_stop_secs: 180,
         requires_format: false,

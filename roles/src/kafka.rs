@@ -592,6 +592,28 @@ pub(crate) fn install_bin(ctx: &Ctx<'_>, script: &str) -> String {
     )
 }
 
+/// The `ExecStart=` of a long-running Kafka JVM: `script` of the installed
+/// distribution with `args`, started from the version directory that
+/// `install_dir` points to *at start*. The agent switches the `install_dir`
+/// symlink when a new Kafka version is installed, which is before the
+/// node's gated restart; a JVM whose classpath went through the symlink
+/// would then load classes from the new version's jars. Resolved first,
+/// the running JVM keeps reading the jars it started with (the agent keeps
+/// the previous version's directory).
+pub(crate) fn jvm_exec(ctx: &Ctx<'_>, script: &str, args: &[&str]) -> String {
+    let install_dir = ctx.model.cluster.kafka.install_dir.as_str();
+    let mut line = vec![
+        literal("/bin/sh"),
+        literal("-c"),
+        literal(format!(
+            "exec \"$(readlink -f -- {install_dir})/bin/{script}\" \"$@\""
+        )),
+        literal(script),
+    ];
+    line.extend(args.iter().map(|a| literal(*a)));
+    exec_line(&line)
+}
+
 /// What a long-running Kafka JVM unit (broker, controller, Connect worker) runs.
 pub(crate) struct JvmService<'a> {
     pub unit: &'static str,
@@ -659,10 +681,7 @@ pub(crate) fn kafka_server_unit(ctx: &Ctx<'_>, role: &str) -> Result<PlannedUnit
     jvm_unit(&JvmService {
         unit: layout::KAFKA_UNIT,
         description: format!("Apache Kafka {role} {}", ctx.node.name.as_str()),
-        exec_start: exec_line(&[
-            literal(install_bin(ctx, "kafka-server-start.sh")),
-            literal(layout::SERVER_PROPERTIES),
-        ]),
+        exec_start: jvm_exec(ctx, "kafka-server-start.sh", &[layout::SERVER_PROPERTIES]),
         // A broker waits up to 5 minutes for the controller to approve its
         // controlled shutdown; SIGKILL inside that window means an unclean
         // shutdown and a long log recovery at the next start.

@@ -17,6 +17,7 @@
 mod alerts;
 mod auth;
 mod clock;
+pub mod cluster;
 mod http;
 mod leases;
 mod refusal;
@@ -44,7 +45,7 @@ pub use rollout::{FRESH_REPORT_SECONDS, RolloutRules};
 
 use crate::protocol::{
     CertificateRequestBody, CertificateResponse, EnrolmentResponse, HaltRequest, Lease,
-    LeaseRequest, NodeView, ResumeRequest, RolloutView, StatusReport,
+    LeaseRequest, MetadataVersionView, NodeView, ResumeRequest, RolloutView, StatusReport,
 };
 use alerts::AlertLog;
 use auth::{TokenDigest, digests_equal, token_digest};
@@ -225,6 +226,8 @@ struct State {
     reports: BTreeMap<String, ReceivedReport>,
     leases: LeaseTable,
     alerts: AlertLog,
+    /// What the cluster loop last found about `metadata.version`.
+    metadata_version: Option<MetadataVersionView>,
 }
 
 /// The coordinator's state, shared by every request. Everything but the
@@ -332,6 +335,7 @@ impl Coordinator {
                 reports: BTreeMap::new(),
                 leases: LeaseTable::new(started_at.saturating_mul(FENCING_PER_SECOND)),
                 alerts: AlertLog::default(),
+                metadata_version: None,
             }),
             nudges: watch::Sender::new(0),
         })
@@ -809,6 +813,11 @@ impl Coordinator {
         let mut state = self.lock();
         state.leases.note_expiries(now);
         rollout::view(&state, now)
+    }
+
+    /// Publishes what the cluster loop found about `metadata.version`.
+    pub fn set_metadata_version(&self, view: Option<MetadataVersionView>) {
+        self.lock().metadata_version = view;
     }
 
     /// The live leases (halted ones included), by role.

@@ -316,5 +316,6 @@ pub(crate) fn view(state: &State, now: u64) -> RolloutView {
         roles,
         nodes,
         history: state.leases.history(),
+        metadata_version: state.metadata_version.clone(),
     }
 }

@@ -243,6 +243,24 @@ pub async fn run(config_path: &Path, agent: AgentConfig) -> anyhow::Result<()> {
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
+    // The cluster-scope work (metadata.version) on a thread of its own: the
+    // Kafka client blocks. It ends when `heads` is dropped.
+    let (heads, heads_rx) = std::sync::mpsc::channel();
+    let _ = heads.send(super::cluster::Head {
+        commit: head.clone(),
+        model: Arc::new(model.clone()),
+    });
+    // Not joined at shutdown: it may be inside a Kafka call for a few seconds.
+    {
+        let coordinator = coordinator.clone();
+        let identity = Identity::parse(&identity_text)
+            .with_context(|| format!("parsing {}", identity_path.display()))?;
+        std::thread::Builder::new()
+            .name("cluster".to_owned())
+            .spawn(move || super::cluster::run(coordinator, identity, heads_rx))
+            .context("starting the cluster thread")?;
+    }
+
     // Follow the repository: nodes, tokens and the CA come from git. A
     // refresh also nudges every agent, so a push reaches them at once.
     let mut last = head;
@@ -296,6 +314,10 @@ pub async fn run(config_path: &Path, agent: AgentConfig) -> anyhow::Result<()> {
         match loaded {
             Ok((head, model)) if head != last => match view_of(&model, &identity) {
                 Ok((mut view, _)) => {
+                    let _ = heads.send(super::cluster::Head {
+                        commit: head.clone(),
+                        model: Arc::new(model),
+                    });
                     view.revision = Some(head.clone());
                     tracing::info!(commit = %head, "cluster view updated");
                     tls_view = view.clone();
@@ -313,6 +335,7 @@ pub async fn run(config_path: &Path, agent: AgentConfig) -> anyhow::Result<()> {
         }
     }
     tracing::info!("coordinator shutting down");
+    drop(heads);
     stop.cancel();
     server.await.context("the server task panicked")??;
     if let Some(tls_server) = tls_server {

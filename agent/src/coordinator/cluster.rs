@@ -1,0 +1,400 @@
+//! The coordinator's cluster-scope work, done with one long-lived Kafka
+//! admin client as the admin user: raising `metadata.version` once every
+//! broker and controller runs the commit that asks for it.
+//!
+//! It runs on a thread of its own (the Kafka client blocks), woken by a new
+//! head commit and every [`TICK`]; what it found is published into the
+//! coordinator's state for `GET /v1/rollout`.
+
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::Duration;
+
+use desired_state::features::{level_name, metadata_level};
+use desired_state::{Identity, Model, Role};
+
+use super::{Coordinator, FRESH_REPORT_SECONDS};
+use crate::error_chain as chain;
+use crate::kafka::{AdminClient, AdminConfig, Auth, ClusterAdmin, FeatureUpdateKind};
+use crate::protocol::{MetadataVersionView, NodeView, Phase};
+
+/// How often the cluster is looked at without a new commit.
+pub const TICK: Duration = Duration::from_secs(15);
+const KAFKA_TIMEOUT: Duration = Duration::from_secs(15);
+const METADATA_VERSION: &str = "metadata.version";
+
+/// What the loop is told: a new head commit and its model.
+#[derive(Debug)]
+pub struct Head {
+    pub commit: String,
+    pub model: Arc<Model>,
+}
+
+/// Whether every broker and controller runs `head`: reported recently,
+/// converged, on that commit. `Err` names the ones that do not.
+pub fn kafka_nodes_on(head: &str, model: &Model, nodes: &[NodeView]) -> Result<(), String> {
+    let mut behind = Vec::new();
+    for node in model.nodes.iter().filter(|n| n.role.is_kafka_server()) {
+        let name = node.name.as_str();
+        let view = nodes.iter().find(|v| v.node == name);
+        let why = match view.and_then(|v| v.report.as_ref().zip(v.age_seconds)) {
+            None => Some("has not reported".to_owned()),
+            Some((_, age)) if age >= FRESH_REPORT_SECONDS => {
+                Some(format!("last reported {age}s ago"))
+            }
+            Some((r, _)) if r.revision_applied.as_deref() != Some(head) => Some(format!(
+                "runs {}",
+                r.revision_applied
+                    .as_deref()
+                    .map_or("nothing yet", |c| &c[..c.len().min(12)])
+            )),
+            Some((r, _)) if r.phase != Phase::Converged => {
+                Some(format!("is {}", phase_word(r.phase)))
+            }
+            Some(_) => None,
+        };
+        if let Some(why) = why {
+            behind.push(format!("{name} {why}"));
+        }
+    }
+    if behind.is_empty() {
+        Ok(())
+    } else {
+        Err(behind.join(", "))
+    }
+}
+
+fn phase_word(phase: Phase) -> String {
+    serde_json::to_value(phase)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("{phase:?}"))
+}
+
+/// What to do about `metadata.version`, given the level git asks for and
+/// the finalized level Kafka reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MetadataStep {
+    /// Already there.
+    AtLevel,
+    /// Raise to the desired level.
+    Raise,
+    /// Kafka's level is above the desired one: kraftops never lowers it
+    /// (a downgrade can lose metadata; it is an operator's decision).
+    Above,
+}
+
+pub fn metadata_step(desired: u16, finalized: u16) -> MetadataStep {
+    match finalized.cmp(&desired) {
+        std::cmp::Ordering::Equal => MetadataStep::AtLevel,
+        std::cmp::Ordering::Less => MetadataStep::Raise,
+        std::cmp::Ordering::Greater => MetadataStep::Above,
+    }
+}
+
+/// Where the admin client connects and as whom: every broker's internal
+/// listener, the admin user's SCRAM credentials. Used to build the client
+/// and to notice when a new commit changes it.
+fn admin_config(model: &Model, identity: &Identity) -> Result<AdminConfig, String> {
+    let cluster = &model.cluster;
+    let admin = &cluster.security.admin_user.value;
+    let user = model
+        .user(admin)
+        .ok_or_else(|| format!("the admin user {admin} is not defined in users/"))?;
+    let password = model
+        .decrypt(&user.password_secret.value, identity)
+        .map_err(|e| {
+            format!(
+                "decrypting secrets/{}.age: {e}",
+                user.password_secret.value.as_str()
+            )
+        })?;
+    let domain = cluster.network.domain.as_str();
+    let bootstrap: Vec<String> = model
+        .nodes
+        .iter()
+        .filter(|n| *n.role == Role::Broker)
+        .map(|n| format!("{}.{domain}:{}", n.name.as_str(), cluster.ports.internal))
+        .collect();
+    if bootstrap.is_empty() {
+        return Err("the cluster has no brokers".to_owned());
+    }
+    Ok(AdminConfig {
+        bootstrap,
+        ca_pem: model.ca_certificate.clone(),
+        auth: Auth::Scram {
+            user: admin.to_string(),
+            password: password.expose().to_owned(),
+        },
+        timeout: KAFKA_TIMEOUT,
+        controllers: false,
+    })
+}
+
+/// The loop's memory: the client and what it was built from.
+struct Work {
+    identity: Identity,
+    head: Option<Head>,
+    client: Option<(String, Arc<dyn ClusterAdmin>)>,
+}
+
+impl Work {
+    fn admin(&mut self, model: &Model) -> Result<Arc<dyn ClusterAdmin>, String> {
+        let config = admin_config(model, &self.identity)?;
+        // Built again only when where or as whom it connects changes.
+        let key = format!("{config:?}|{}", config.ca_pem);
+        if let Some((k, client)) = &self.client
+            && *k == key
+        {
+            return Ok(Arc::clone(client));
+        }
+        let client: Arc<dyn ClusterAdmin> =
+            Arc::new(AdminClient::new(config).map_err(|e| chain(&e))?);
+        self.client = Some((key, Arc::clone(&client)));
+        Ok(client)
+    }
+
+    /// One pass: the `metadata.version` step.
+    fn metadata_version(
+        &mut self,
+        coordinator: &Coordinator,
+        now: u64,
+    ) -> Option<MetadataVersionView> {
+        let head = self.head.as_ref()?;
+        let (commit, model) = (head.commit.clone(), Arc::clone(&head.model));
+        let wanted = model.cluster.kafka.metadata_version.as_ref()?;
+        let release = wanted.as_str().to_owned();
+        let mut view = MetadataVersionView {
+            desired: release.clone(),
+            desired_level: metadata_level(&release),
+            finalized_level: None,
+            state: "waiting".to_owned(),
+            detail: None,
+            checked_at: now,
+        };
+        let Some(desired) = view.desired_level else {
+            view.state = "error".to_owned();
+            view.detail = Some(format!("kraftops knows no metadata.version for {release}"));
+            return Some(view);
+        };
+        if let Err(behind) = kafka_nodes_on(&commit, &model, &coordinator.nodes()) {
+            view.detail = Some(format!(
+                "not every Kafka node runs this commit yet: {behind}"
+            ));
+            return Some(view);
+        }
+        let admin = match self.admin(&model) {
+            Ok(a) => a,
+            Err(e) => {
+                view.state = "error".to_owned();
+                view.detail = Some(e);
+                return Some(view);
+            }
+        };
+        let finalized = match admin.describe_features() {
+            Ok(f) => f
+                .finalized
+                .get(METADATA_VERSION)
+                .and_then(|r| u16::try_from(r.max).ok()),
+            Err(e) => {
+                view.state = "error".to_owned();
+                view.detail = Some(format!("describing Kafka's features: {}", chain(&e)));
+                return Some(view);
+            }
+        };
+        let Some(finalized) = finalized else {
+            view.state = "error".to_owned();
+            view.detail = Some("Kafka reports no finalized metadata.version".to_owned());
+            return Some(view);
+        };
+        view.finalized_level = Some(finalized);
+        match metadata_step(desired, finalized) {
+            MetadataStep::AtLevel => view.state = "at_level".to_owned(),
+            MetadataStep::Above => {
+                view.state = "above".to_owned();
+                view.detail = Some(format!(
+                    "Kafka runs {}, above {} ({release}); kraftops never lowers metadata.version",
+                    level_name(finalized),
+                    level_name(desired)
+                ));
+            }
+            MetadataStep::Raise => {
+                let level = i16::try_from(desired).unwrap_or(i16::MAX);
+                match admin.update_features(
+                    METADATA_VERSION,
+                    level,
+                    FeatureUpdateKind::Upgrade,
+                    false,
+                ) {
+                    Ok(()) => {
+                        tracing::info!(
+                            from = %level_name(finalized),
+                            to = %level_name(desired),
+                            commit = %commit,
+                            "raised metadata.version"
+                        );
+                        view.state = "at_level".to_owned();
+                        view.detail = Some(format!(
+                            "raised from {} to {}",
+                            level_name(finalized),
+                            level_name(desired)
+                        ));
+                        view.finalized_level = Some(desired);
+                    }
+                    Err(e) => {
+                        view.state = "error".to_owned();
+                        view.detail = Some(format!(
+                            "raising metadata.version to {}: {}",
+                            level_name(desired),
+                            chain(&e)
+                        ));
+                    }
+                }
+            }
+        }
+        Some(view)
+    }
+}
+
+/// Runs until `heads` is closed: each new head, and every [`TICK`].
+pub fn run(coordinator: Arc<Coordinator>, identity: Identity, heads: Receiver<Head>) {
+    let mut work = Work {
+        identity,
+        head: None,
+        client: None,
+    };
+    loop {
+        match heads.recv_timeout(TICK) {
+            Ok(head) => work.head = Some(head),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        // Only the newest of several queued heads matters.
+        while let Ok(head) = heads.try_recv() {
+            work.head = Some(head);
+        }
+        let now = crate::certs::unix_now();
+        let view = work.metadata_version(&coordinator, now);
+        if let Some(v) = &view
+            && v.state == "error"
+        {
+            tracing::warn!(detail = ?v.detail, "metadata.version");
+        }
+        coordinator.set_metadata_version(view);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::StatusReport;
+
+    fn example() -> Model {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../desired-state/examples/seed");
+        desired_state::load_dir(&dir).expect("the example loads")
+    }
+
+    fn report(node: &str, revision: &str, phase: Phase) -> StatusReport {
+        StatusReport {
+            node: node.to_owned(),
+            role: String::new(),
+            revision_seen: Some(revision.to_owned()),
+            revision_applied: Some(revision.to_owned()),
+            signer: None,
+            phase,
+            units: Vec::new(),
+            certificates: Vec::new(),
+            last_error: None,
+            drift: Vec::new(),
+            reported_at: 0,
+            waiting: None,
+            restarts: Vec::new(),
+        }
+    }
+
+    fn views(model: &Model, revision: &str) -> Vec<NodeView> {
+        model
+            .nodes
+            .iter()
+            .map(|n| NodeView {
+                node: n.name.to_string(),
+                role: String::new(),
+                report: Some(report(n.name.as_str(), revision, Phase::Converged)),
+                age_seconds: Some(3),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_broker_and_controller_must_run_the_head_converged_and_fresh() {
+        let model = example();
+        let head = "a".repeat(40);
+        let mut nodes = views(&model, &head);
+        assert_eq!(kafka_nodes_on(&head, &model, &nodes), Ok(()));
+
+        // Connect and observability nodes do not count.
+        for v in nodes
+            .iter_mut()
+            .filter(|v| v.node.starts_with("connect") || v.node.starts_with("observ"))
+        {
+            v.report = None;
+        }
+        assert_eq!(kafka_nodes_on(&head, &model, &nodes), Ok(()));
+
+        let set = |nodes: &mut Vec<NodeView>, name: &str, f: &dyn Fn(&mut NodeView)| {
+            f(nodes.iter_mut().find(|v| v.node == name).expect("node"));
+        };
+        set(&mut nodes, "broker-3", &|v| {
+            v.report
+                .as_mut()
+                .map(|r| r.revision_applied = Some("b".repeat(40)));
+        });
+        set(&mut nodes, "controller-2", &|v| {
+            v.report.as_mut().map(|r| r.phase = Phase::WaitingForLease);
+        });
+        set(&mut nodes, "broker-1", &|v| {
+            v.age_seconds = Some(FRESH_REPORT_SECONDS)
+        });
+        set(&mut nodes, "broker-2", &|v| v.report = None);
+        let behind = kafka_nodes_on(&head, &model, &nodes).expect_err("four nodes are behind");
+        let mut parts: Vec<&str> = behind.split(", ").collect();
+        parts.sort_unstable();
+        assert_eq!(
+            parts,
+            [
+                "broker-1 last reported 120s ago",
+                "broker-2 has not reported",
+                "broker-3 runs bbbbbbbbbbbb",
+                "controller-2 is waiting_for_lease",
+            ]
+        );
+    }
+
+    #[test]
+    fn metadata_version_is_only_ever_raised() {
+        assert_eq!(metadata_step(29, 27), MetadataStep::Raise);
+        assert_eq!(metadata_step(27, 27), MetadataStep::AtLevel);
+        assert_eq!(metadata_step(25, 27), MetadataStep::Above);
+    }
+
+    #[test]
+    fn the_admin_client_connects_to_every_brokers_internal_listener_as_admin() {
+        let model = example();
+        let identity_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../desired-state/examples/seed.example-only.age-identity");
+        let identity = Identity::parse(&std::fs::read_to_string(identity_path).expect("identity"))
+            .expect("parses");
+        let config = admin_config(&model, &identity).expect("config");
+        assert_eq!(
+            config.bootstrap,
+            (1..=4)
+                .map(|i| format!("broker-{i}.kafka.internal:9091"))
+                .collect::<Vec<_>>()
+        );
+        assert!(
+            matches!(&config.auth, Auth::Scram { user, password } if user == "admin" && !password.is_empty())
+        );
+        assert!(!config.controllers);
+    }
+}
