@@ -21,6 +21,7 @@ pub mod apply;
 pub mod certs;
 pub mod cli;
 pub mod config;
+pub mod connect;
 pub mod coordinator;
 pub mod daemon;
 mod http_auth;
