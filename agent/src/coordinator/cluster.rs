@@ -154,6 +154,26 @@ impl Work {
         Ok(client)
     }
 
+    /// Shares the head and the admin client with the HTTP API.
+    fn publish(&mut self, coordinator: &Coordinator) {
+        let Some(head) = &self.head else {
+            return;
+        };
+        let model = Arc::clone(&head.model);
+        let commit = head.commit.clone();
+        let admin = match self.admin(&model) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                tracing::warn!(error = %e, "no Kafka admin client");
+                None
+            }
+        };
+        coordinator.update_cluster_scope(|scope| {
+            scope.head = Some((commit, model));
+            scope.admin = admin;
+        });
+    }
+
     /// One pass: the `metadata.version` step.
     fn metadata_version(
         &mut self,
@@ -273,6 +293,7 @@ pub fn run(coordinator: Arc<Coordinator>, identity: Identity, heads: Receiver<He
         while let Ok(head) = heads.try_recv() {
             work.head = Some(head);
         }
+        work.publish(&coordinator);
         let now = crate::certs::unix_now();
         let view = work.metadata_version(&coordinator, now);
         if let Some(v) = &view

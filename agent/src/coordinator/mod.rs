@@ -247,6 +247,33 @@ pub struct Coordinator {
     recorded_until: Option<u64>,
     state: Mutex<State>,
     nudges: watch::Sender<u64>,
+    /// Shared by the cluster thread and the cluster REST API; a lock of its
+    /// own, never held across a Kafka call.
+    scope: Mutex<ClusterScope>,
+}
+
+/// What the cluster thread ([`cluster::run`]) shares with the HTTP API:
+/// the desired state at the head commit, the one long-lived Kafka admin
+/// client (TLS verified, as the admin user) and the last reconcile reports.
+#[derive(Clone, Default)]
+pub struct ClusterScope {
+    /// The head commit and its model.
+    pub head: Option<(String, Arc<desired_state::Model>)>,
+    /// `None` until the cluster thread could build it.
+    pub admin: Option<Arc<dyn crate::kafka::ClusterAdmin>>,
+    /// The last connectors reconcile; `None` before the first, or when the
+    /// cluster has no Connect worker.
+    pub connectors: Option<crate::connect::ConnectorsReport>,
+}
+
+impl fmt::Debug for ClusterScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterScope")
+            .field("head", &self.head.as_ref().map(|(c, _)| c))
+            .field("admin", &self.admin.is_some())
+            .field("connectors", &self.connectors)
+            .finish()
+    }
 }
 
 impl fmt::Debug for Coordinator {
@@ -338,6 +365,7 @@ impl Coordinator {
                 metadata_version: None,
             }),
             nudges: watch::Sender::new(0),
+            scope: Mutex::new(ClusterScope::default()),
         })
     }
 
@@ -813,6 +841,19 @@ impl Coordinator {
         let mut state = self.lock();
         state.leases.note_expiries(now);
         rollout::view(&state, now)
+    }
+
+    /// A copy of what the cluster thread shares (cheap: `Arc`s).
+    pub fn cluster_scope(&self) -> ClusterScope {
+        self.scope
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Changes what the cluster thread shares.
+    pub fn update_cluster_scope(&self, change: impl FnOnce(&mut ClusterScope)) {
+        change(&mut self.scope.lock().unwrap_or_else(PoisonError::into_inner));
     }
 
     /// Publishes what the cluster loop found about `metadata.version`.
