@@ -389,6 +389,169 @@ fn quorum_leader(state: &ClusterState, model: &Model) -> u32 {
         .unwrap_or_else(|| panic!("no LeaderId in {status}"))
 }
 
+/// An idempotent producer (acks=all) on connect-1 writing numbered records
+/// to an RF 3, min ISR 2 topic, and what it was told.
+struct Load {
+    topic: String,
+    producer: std::process::Child,
+    reader: std::thread::JoinHandle<()>,
+    acked: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    errors: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// What a [`Load`] proved once stopped and read back.
+struct LoadResult {
+    acked: usize,
+    failed: usize,
+}
+
+impl std::fmt::Display for LoadResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} records acknowledged and read back, none written twice, {} sends failed",
+            self.acked, self.failed
+        )
+    }
+}
+
+const BOOTSTRAP_ALL: &str = "broker-1.kafka.internal:9092,broker-2.kafka.internal:9092,broker-3.kafka.internal:9092,broker-4.kafka.internal:9092";
+
+impl Load {
+    /// Creates `topic` (6 partitions, RF 3, min ISR 2) and starts writing
+    /// 20 records a second; returns once the first is acknowledged.
+    fn start(state: &ClusterState, topic: &str) -> Self {
+        let create = exec(
+            state,
+            "connect-1",
+            &[
+                "/opt/kafka/bin/kafka-topics.sh", "--bootstrap-server", BOOTSTRAP_ALL,
+                "--command-config", "/root/e2e-admin.properties", "--create", "--if-not-exists",
+                "--topic", topic, "--partitions", "6", "--replication-factor", "3",
+                "--config", "min.insync.replicas=2",
+            ],
+            None,
+        );
+        assert!(
+            create.status.success(),
+            "creating {topic}: {}",
+            stderr(&create)
+        );
+        let mut producer = checks::in_node(
+            state,
+            "connect-1",
+            &[
+                "/opt/kafka/bin/kafka-run-class.sh", "org.apache.kafka.tools.VerifiableProducer",
+                "--bootstrap-server", BOOTSTRAP_ALL,
+                "--producer.config", "/root/e2e-producer.properties", "--topic", topic,
+                "--acks", "-1", "--throughput", "20", "--max-messages", "-1",
+            ],
+        )
+        .expect("connect-1 runs")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting the producer");
+        let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let errors = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let reader = {
+            let out = producer.stdout.take().expect("producer stdout");
+            let (acked, errors) = (acked.clone(), errors.clone());
+            std::thread::spawn(move || {
+                use std::io::BufRead as _;
+                for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                    let Ok(event) = serde_json::from_str::<Value>(&line) else {
+                        continue;
+                    };
+                    match event["name"].as_str() {
+                        Some("producer_send_success") => acked
+                            .lock()
+                            .expect("lock")
+                            .push(event["value"].as_str().unwrap_or_default().to_owned()),
+                        Some("producer_send_error") => {
+                            errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        _ => {}
+                    }
+                }
+            })
+        };
+        wait_until(
+            "the producer's first acknowledgements",
+            Duration::from_secs(120),
+            || (!acked.lock().expect("lock").is_empty()).then_some(()),
+        );
+        Self {
+            topic: topic.to_owned(),
+            producer,
+            reader,
+            acked,
+            errors,
+        }
+    }
+
+    /// Stops the producer, reads the topic back and asserts that every
+    /// acknowledged record is there exactly once and no send failed for
+    /// good (retriable errors, a moved leader, are retried inside the
+    /// producer; a send that fails for good is a refused write).
+    fn finish(mut self, state: &ClusterState) -> LoadResult {
+        // nsenter forks: the producer's JVM runs under the node's init, so
+        // it is stopped inside the node (SIGTERM: it flushes and reports).
+        let pattern = format!("VerifiableProducer.*--topic {}", self.topic);
+        let stop = exec(state, "connect-1", &["pkill", "-TERM", "-f", &pattern], None);
+        assert!(
+            stop.status.success(),
+            "stopping the producer: {}",
+            stderr(&stop)
+        );
+        let _ = self.producer.wait();
+        let _ = self.reader.join();
+        let acked = self.acked.lock().expect("lock").clone();
+        let consumed = exec(
+            state,
+            "connect-1",
+            &[
+                "/opt/kafka/bin/kafka-console-consumer.sh", "--bootstrap-server", BOOTSTRAP_ALL,
+                "--consumer.config", "/root/e2e-admin.properties", "--topic", &self.topic,
+                "--from-beginning", "--timeout-ms", "30000",
+            ],
+            None,
+        );
+        let consumed_text = stdout(&consumed);
+        let mut copies: std::collections::BTreeMap<&str, usize> =
+            std::collections::BTreeMap::new();
+        for line in consumed_text.lines() {
+            *copies.entry(line).or_default() += 1;
+        }
+        let lost: Vec<&String> = acked
+            .iter()
+            .filter(|v| !copies.contains_key(v.as_str()))
+            .collect();
+        assert!(
+            lost.is_empty(),
+            "{}: {} of {} acknowledged records were not read back: {:?}",
+            self.topic,
+            lost.len(),
+            acked.len(),
+            lost.iter().take(10).collect::<Vec<_>>()
+        );
+        // The producer is idempotent: a retried send is never written twice.
+        let duplicated: Vec<(&&str, &usize)> = copies.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(
+            duplicated.is_empty(),
+            "{}: records written more than once: {:?}",
+            self.topic,
+            duplicated.iter().take(10).collect::<Vec<_>>()
+        );
+        let failed = self.errors.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(failed, 0, "{}: sends failed", self.topic);
+        LoadResult {
+            acked: acked.len(),
+            failed,
+        }
+    }
+}
+
 #[test]
 fn the_example_cluster_comes_up_healthy_and_secure() {
     assert!(
@@ -984,82 +1147,12 @@ fn the_example_cluster_comes_up_healthy_and_secure() {
     // A broker setting that needs a restart rolls through the brokers one
     // at a time while a producer (acks=all) runs; every acknowledged record
     // is read back afterwards.
-    let create = exec(
-        &state,
-        "connect-1",
-        &[
-            "/opt/kafka/bin/kafka-topics.sh",
-            "--bootstrap-server",
-            bootstrap,
-            "--command-config",
-            "/root/e2e-admin.properties",
-            "--create",
-            "--if-not-exists",
-            "--topic",
-            "e2e-roll",
-            "--partitions",
-            "6",
-            "--replication-factor",
-            "3",
-            "--config",
-            "min.insync.replicas=2",
-        ],
-        None,
-    );
-    assert!(
-        create.status.success(),
-        "creating e2e-roll: {}",
-        stderr(&create)
-    );
     let roll_since = kraftops_agent::daemon::reconcile::now();
     let started_before: std::collections::BTreeMap<String, u64> = brokers
         .iter()
         .map(|b| (b.clone(), unit_times(&state, b, "kafka.service").1))
         .collect();
-    let mut producer = checks::in_node(
-        &state,
-        "connect-1",
-        &[
-            "/opt/kafka/bin/kafka-run-class.sh", "org.apache.kafka.tools.VerifiableProducer",
-            "--bootstrap-server", "broker-1.kafka.internal:9092,broker-2.kafka.internal:9092,broker-3.kafka.internal:9092,broker-4.kafka.internal:9092",
-            "--producer.config", "/root/e2e-producer.properties", "--topic", "e2e-roll",
-            "--acks", "-1", "--throughput", "20", "--max-messages", "-1",
-        ],
-    )
-    .expect("connect-1 runs")
-    .stdout(Stdio::piped())
-    .stderr(Stdio::null())
-    .spawn()
-    .expect("starting the producer");
-    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let errors = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let reader = {
-        let out = producer.stdout.take().expect("producer stdout");
-        let (acked, errors) = (acked.clone(), errors.clone());
-        std::thread::spawn(move || {
-            use std::io::BufRead as _;
-            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-                let Ok(event) = serde_json::from_str::<Value>(&line) else {
-                    continue;
-                };
-                match event["name"].as_str() {
-                    Some("producer_send_success") => acked
-                        .lock()
-                        .expect("lock")
-                        .push(event["value"].as_str().unwrap_or_default().to_owned()),
-                    Some("producer_send_error") => {
-                        errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    _ => {}
-                }
-            }
-        })
-    };
-    wait_until(
-        "the producer's first acknowledgements",
-        Duration::from_secs(120),
-        || (!acked.lock().expect("lock").is_empty()).then_some(()),
-    );
+    let load = Load::start(&state, "e2e-roll");
     edit(
         work.path(),
         "cluster.yaml",
@@ -1069,21 +1162,7 @@ fn the_example_cluster_comes_up_healthy_and_secure() {
     let (roll_head, roll_seconds) =
         push_and_wait(&state, work.path(), "e2e: a static broker setting");
     std::thread::sleep(Duration::from_secs(5));
-    // nsenter forks: the producer's JVM runs under the node's init, so it
-    // is stopped inside the node (SIGTERM: it flushes and reports).
-    let stop = exec(
-        &state,
-        "connect-1",
-        &["pkill", "-TERM", "-f", "VerifiableProducer"],
-        None,
-    );
-    assert!(
-        stop.status.success(),
-        "stopping the producer: {}",
-        stderr(&stop)
-    );
-    let _ = producer.wait();
-    let _ = reader.join();
+    let load = load.finish(&state);
     for n in state.nodes.iter().filter(|n| n.role == "broker") {
         let props = std::fs::read_to_string(
             layout
@@ -1121,47 +1200,6 @@ fn the_example_cluster_comes_up_healthy_and_secure() {
         );
     }
     peak_rss = peak_rss.max(cluster_rss_mib());
-    let acked = acked.lock().expect("lock").clone();
-    let consumed = exec(
-        &state,
-        "connect-1",
-        &[
-            "/opt/kafka/bin/kafka-console-consumer.sh",
-            "--bootstrap-server",
-            bootstrap,
-            "--consumer.config",
-            "/root/e2e-admin.properties",
-            "--topic",
-            "e2e-roll",
-            "--from-beginning",
-            "--timeout-ms",
-            "30000",
-        ],
-        None,
-    );
-    let consumed_text = stdout(&consumed);
-    let mut copies: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
-    for line in consumed_text.lines() {
-        *copies.entry(line).or_default() += 1;
-    }
-    let lost: Vec<&String> = acked
-        .iter()
-        .filter(|v| !copies.contains_key(v.as_str()))
-        .collect();
-    assert!(
-        lost.is_empty(),
-        "{} of {} acknowledged records were not read back: {:?}",
-        lost.len(),
-        acked.len(),
-        lost.iter().take(10).collect::<Vec<_>>()
-    );
-    // The producer is idempotent: a retried send is never written twice.
-    let duplicated: Vec<(&&str, &usize)> = copies.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(
-        duplicated.is_empty(),
-        "records written more than once: {:?}",
-        duplicated.iter().take(10).collect::<Vec<_>>()
-    );
     // The coordinator's lease log agrees: one broker at a time.
     let held = lease_log(&state, "broker", roll_since);
     assert_eq!(
@@ -1176,14 +1214,9 @@ fn the_example_cluster_comes_up_healthy_and_secure() {
         "broker lease log (node, granted, released, Unix s): {held:?}; per broker {:?} s",
         held.iter().map(|h| h.2 - h.1).collect::<Vec<_>>()
     );
-    // Retriable errors (a moved leader) are retried inside the producer;
-    // a send that fails for good is a refused write.
-    let refused = errors.load(std::sync::atomic::Ordering::Relaxed);
-    assert_eq!(refused, 0, "sends failed during the roll");
     report!(
-        "rolling change {}: {} records acknowledged and read back, none written twice, {refused} sends failed, brokers down (monotonic µs): {downs:?}",
+        "rolling change {}: {load}, brokers down (monotonic µs): {downs:?}",
         &roll_head[..12],
-        acked.len(),
     );
     report!(
         "push to converged: no-restart change {quiet_seconds:.0} s, rolling change {roll_seconds:.0} s"

@@ -191,6 +191,7 @@ pub fn local_repository(
         .join(&over.identity);
     let files = desired_state::read_repository(source)
         .map_err(|d| anyhow::anyhow!("{}:\n{d}", source.display()))?;
+    let artifacts = &kafka_for_version(&files, artifacts)?;
     let files = over.apply(&files, artifacts)?;
     let model = desired_state::load_files(&files).map_err(|d| {
         anyhow::anyhow!(
@@ -200,6 +201,47 @@ pub fn local_repository(
         )
     })?;
     Ok((files, model, over, identity_file))
+}
+
+/// The Kafka version `cluster.yaml` asks for, if it can be read.
+fn kafka_version(files: &FileSet) -> Option<String> {
+    let text = std::str::from_utf8(files.get("cluster.yaml")?).ok()?;
+    let value: serde_json::Value = serde_saphyr::from_str(text).ok()?;
+    value["kafka"]["version"].as_str().map(str::to_owned)
+}
+
+/// `artifacts` with the Kafka distribution of the version the repository
+/// asks for: the tarball given to `local up` (`kafka_2.13-<v>.tgz`) when
+/// its version matches, else `kafka_2.13-<version>.tgz` beside it (what
+/// `scripts/kafka-dist --version <version>` writes). So a pushed version
+/// upgrade installs that version on every node, as a download would.
+fn kafka_for_version(files: &FileSet, artifacts: &LocalArtifacts) -> anyhow::Result<LocalArtifacts> {
+    let Some(version) = kafka_version(files) else {
+        // The loader reports a missing or malformed version.
+        return Ok(artifacts.clone());
+    };
+    let given = Path::new(
+        artifacts
+            .kafka_url
+            .strip_prefix("file://")
+            .unwrap_or(&artifacts.kafka_url),
+    );
+    let name = |v: &str| format!("kafka_2.13-{v}.tgz");
+    if given.file_name().is_some_and(|n| *n == *name(&version)) {
+        return Ok(artifacts.clone());
+    }
+    let wanted = given.with_file_name(name(&version));
+    if !wanted.is_file() {
+        bail!(
+            "cluster.yaml asks for Kafka {version}, and there is no {} for it; assemble it with `scripts/kafka-dist --version {version}`",
+            wanted.display()
+        );
+    }
+    Ok(LocalArtifacts {
+        kafka_url: file_url(&wanted),
+        kafka_sha512: sha512_file(&wanted)?,
+        ..artifacts.clone()
+    })
 }
 
 fn read_identity(path: &Path) -> anyhow::Result<Identity> {
@@ -1077,5 +1119,44 @@ mod tests {
             .map(|e| e.expect("entry").file_name())
             .collect();
         assert_eq!(names.len(), 1, "no temporary file left: {names:?}");
+    }
+
+    #[test]
+    fn a_pushed_kafka_version_takes_the_tarball_of_that_version_beside_the_given_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let old = dir.path().join("kafka_2.13-4.1.1.tgz");
+        let new = dir.path().join("kafka_2.13-4.2.0.tgz");
+        fs::write(&old, b"old").expect("write");
+        fs::write(&new, b"new").expect("write");
+        let artifacts = LocalArtifacts {
+            kafka_url: file_url(&old),
+            kafka_sha512: sha512_file(&old).expect("digest"),
+            jmx_exporter_url: "file:///jmx.jar".to_owned(),
+            jmx_exporter_sha512: "cd".repeat(64),
+            agent_url: "file:///agent".to_owned(),
+            agent_sha256: "ef".repeat(32),
+            repository_url: "git://10.213.0.1/cluster.git".to_owned(),
+        };
+        let repo = |version: &str| {
+            let mut files = FileSet::new();
+            files.insert(
+                "cluster.yaml".to_owned(),
+                format!("name: x\nkafka:\n  version: {version}\n").into_bytes(),
+            );
+            files
+        };
+        let same = kafka_for_version(&repo("4.1.1"), &artifacts).expect("the given tarball");
+        assert_eq!(same.kafka_url, artifacts.kafka_url);
+        let upgraded = kafka_for_version(&repo("4.2.0"), &artifacts).expect("the 4.2.0 tarball");
+        assert_eq!(upgraded.kafka_url, file_url(&new));
+        assert_eq!(upgraded.kafka_sha512, sha512_file(&new).expect("digest"));
+        assert_ne!(upgraded.kafka_sha512, artifacts.kafka_sha512);
+        let missing = kafka_for_version(&repo("4.3.0"), &artifacts)
+            .expect_err("no 4.3.0 tarball")
+            .to_string();
+        assert!(
+            missing.contains("Kafka 4.3.0") && missing.contains("scripts/kafka-dist --version 4.3.0"),
+            "{missing}"
+        );
     }
 }
