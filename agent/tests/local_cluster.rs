@@ -425,10 +425,21 @@ impl Load {
             state,
             "connect-1",
             &[
-                "/opt/kafka/bin/kafka-topics.sh", "--bootstrap-server", BOOTSTRAP_ALL,
-                "--command-config", "/root/e2e-admin.properties", "--create", "--if-not-exists",
-                "--topic", topic, "--partitions", "6", "--replication-factor", "3",
-                "--config", "min.insync.replicas=2",
+                "/opt/kafka/bin/kafka-topics.sh",
+                "--bootstrap-server",
+                BOOTSTRAP_ALL,
+                "--command-config",
+                "/root/e2e-admin.properties",
+                "--create",
+                "--if-not-exists",
+                "--topic",
+                topic,
+                "--partitions",
+                "6",
+                "--replication-factor",
+                "3",
+                "--config",
+                "min.insync.replicas=2",
             ],
             None,
         );
@@ -441,10 +452,20 @@ impl Load {
             state,
             "connect-1",
             &[
-                "/opt/kafka/bin/kafka-run-class.sh", "org.apache.kafka.tools.VerifiableProducer",
-                "--bootstrap-server", BOOTSTRAP_ALL,
-                "--producer.config", "/root/e2e-producer.properties", "--topic", topic,
-                "--acks", "-1", "--throughput", "20", "--max-messages", "-1",
+                "/opt/kafka/bin/kafka-run-class.sh",
+                "org.apache.kafka.tools.VerifiableProducer",
+                "--bootstrap-server",
+                BOOTSTRAP_ALL,
+                "--producer.config",
+                "/root/e2e-producer.properties",
+                "--topic",
+                topic,
+                "--acks",
+                "-1",
+                "--throughput",
+                "20",
+                "--max-messages",
+                "-1",
             ],
         )
         .expect("connect-1 runs")
@@ -498,7 +519,12 @@ impl Load {
         // nsenter forks: the producer's JVM runs under the node's init, so
         // it is stopped inside the node (SIGTERM: it flushes and reports).
         let pattern = format!("VerifiableProducer.*--topic {}", self.topic);
-        let stop = exec(state, "connect-1", &["pkill", "-TERM", "-f", &pattern], None);
+        let stop = exec(
+            state,
+            "connect-1",
+            &["pkill", "-TERM", "-f", &pattern],
+            None,
+        );
         assert!(
             stop.status.success(),
             "stopping the producer: {}",
@@ -511,15 +537,21 @@ impl Load {
             state,
             "connect-1",
             &[
-                "/opt/kafka/bin/kafka-console-consumer.sh", "--bootstrap-server", BOOTSTRAP_ALL,
-                "--consumer.config", "/root/e2e-admin.properties", "--topic", &self.topic,
-                "--from-beginning", "--timeout-ms", "30000",
+                "/opt/kafka/bin/kafka-console-consumer.sh",
+                "--bootstrap-server",
+                BOOTSTRAP_ALL,
+                "--consumer.config",
+                "/root/e2e-admin.properties",
+                "--topic",
+                &self.topic,
+                "--from-beginning",
+                "--timeout-ms",
+                "30000",
             ],
             None,
         );
         let consumed_text = stdout(&consumed);
-        let mut copies: std::collections::BTreeMap<&str, usize> =
-            std::collections::BTreeMap::new();
+        let mut copies: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
         for line in consumed_text.lines() {
             *copies.entry(line).or_default() += 1;
         }
