@@ -227,14 +227,14 @@ fn unknown_key_in_an_acl() {
 #[test]
 fn unknown_key_in_a_connector() {
     let repo = seed().replace(
-        "connectors/datagen.yaml",
+        "connectors/file-source.yaml",
         "    state: running\n",
         "    status: running\n",
     );
     assert_problems(
         &repo,
         &[
-            "connectors/datagen.yaml:6:5: unknown field `status`, expected one of name, state, config",
+            "connectors/file-source.yaml:8:5: unknown field `status`, expected one of name, state, config",
         ],
     );
 }
@@ -859,13 +859,13 @@ fn missing_ca_certificate() {
 #[test]
 fn connector_without_class() {
     let repo = seed().replace(
-        "connectors/datagen.yaml",
-        "      connector.class: org.apache.kafka.connect.tools.VerifiableSourceConnector\n",
+        "connectors/file-source.yaml",
+        "      connector.class: org.apache.kafka.connect.file.FileStreamSourceConnector\n",
         "",
     );
     assert_problems(
         &repo,
-        &["connectors/datagen.yaml:5:5: connector datagen-users needs config.connector.class"],
+        &["connectors/file-source.yaml:7:5: connector cluster-hosts needs config.connector.class"],
     );
 }
 
@@ -881,7 +881,7 @@ fn connector_without_a_connect_node() {
     assert_problems(
         &repo,
         &[
-            "connectors/datagen.yaml:5:11: connector datagen-users is defined but nodes.yaml has no connect node to run it",
+            "connectors/file-source.yaml:7:11: connector cluster-hosts is defined but nodes.yaml has no connect node to run it",
         ],
     );
 }
@@ -1017,7 +1017,7 @@ fn problems_in_different_files_are_reported_together() {
             "    password_secret: client-pasword\n",
         )
         .replace(
-            "connectors/datagen.yaml",
+            "connectors/file-source.yaml",
             "    state: running\n",
             "    state: sleeping\n",
         )
@@ -1035,7 +1035,7 @@ fn problems_in_different_files_are_reported_together() {
         &repo,
         &[
             "cluster.yaml:38:21: scram_iterations 100 is outside what Kafka accepts (4096 to 16384)",
-            "connectors/datagen.yaml:6:12: unknown variant `sleeping`, expected one of running, paused, stopped",
+            "connectors/file-source.yaml:8:12: unknown variant `sleeping`, expected one of running, paused, stopped",
             "nodes.yaml:18:14: duplicate node_id; already used by the node at nodes.yaml:6:14",
             "topics/app.yaml:5:17: expected a whole number from 0 to 4294967295, found `six`",
             "topics/notes.md: unexpected file in topics/: only *.yaml files belong here",

@@ -537,7 +537,10 @@ fn connect_worker_properties() {
             ("key.converter.schemas.enable", "false"),
             ("listeners", "http://10.0.1.31:8083"),
             ("rest.advertised.host.name", "connect-1.kafka.internal"),
-            ("plugin.path", "/opt/kafka-connect/plugins"),
+            (
+                "plugin.path",
+                "/opt/kafka-connect/plugins,/opt/kafka/libs/connect-file-4.1.1.jar",
+            ),
             ("consumer.client.rack", "eu-central-1a"),
             ("config.providers", "file"),
             (
