@@ -699,6 +699,25 @@ pub struct ResourceWriter {
     record: DigestRecord,
     /// Said in every report until the record is written again.
     record_problem: Option<String>,
+    /// The passwords of the last commit passed, with their digests (one
+    /// PBKDF2 per user: worth computing once per commit, not per pass).
+    passwords: Option<CommitPasswords>,
+}
+
+struct CommitPasswords {
+    commit: String,
+    secrets: Secrets,
+    digests: PasswordDigests,
+    notes: Vec<String>,
+}
+
+impl std::fmt::Debug for CommitPasswords {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommitPasswords")
+            .field("commit", &self.commit)
+            .field("users", &self.digests.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ResourceWriter {
@@ -711,6 +730,7 @@ impl ResourceWriter {
             Ok(record) => Self {
                 record,
                 record_problem: None,
+                passwords: None,
             },
             Err(e) => {
                 let problem = format!(
@@ -721,6 +741,7 @@ impl ResourceWriter {
                 Self {
                     record: DigestRecord::empty(path),
                     record_problem: Some(problem),
+                    passwords: None,
                 }
             }
         }
@@ -761,17 +782,34 @@ impl ResourceWriter {
                 return report;
             }
         };
-        let (secrets, digests, password_notes) = passwords(model, identity);
-        for note in &password_notes {
-            tracing::warn!(note = %note, "password");
+        if self.passwords.as_ref().is_none_or(|p| p.commit != commit) {
+            let (secrets, digests, notes) = passwords(model, identity);
+            for note in &notes {
+                tracing::warn!(note = %note, "password");
+            }
+            self.passwords = Some(CommitPasswords {
+                commit: commit.to_owned(),
+                secrets,
+                digests,
+                notes,
+            });
         }
-        let plan = planner::plan(model, &digests, &observed);
+        let Some(CommitPasswords {
+            secrets,
+            digests,
+            notes: password_notes,
+            ..
+        }) = &self.passwords
+        else {
+            return report;
+        };
+        let plan = planner::plan(model, digests, &observed);
         for refusal in &plan.refusals {
             tracing::warn!(resource = %refusal.resource, location = ?refusal.location.as_ref().map(ToString::to_string), message = %refusal.message, "refused");
         }
         // Said in this report; cleared once the record is written afresh.
         report.notes.extend(self.record_problem.clone());
-        let (actions, apply_notes) = apply_plan(admin, model, &secrets, &plan, &mut self.record);
+        let (actions, apply_notes) = apply_plan(admin, model, secrets, &plan, &mut self.record);
         if self.record_problem.is_some() && apply_notes.is_empty() {
             match self.record.save() {
                 Ok(()) => self.record_problem = None,
@@ -779,7 +817,7 @@ impl ResourceWriter {
             }
         }
         report.notes.extend(observe_notes);
-        report.notes.extend(password_notes);
+        report.notes.extend(password_notes.iter().cloned());
         report.notes.extend(apply_notes);
         report.actions = actions;
         report.refusals = plan
