@@ -702,6 +702,8 @@ pub struct ResourceWriter {
     /// The passwords of the last commit passed, with their digests (one
     /// PBKDF2 per user: worth computing once per commit, not per pass).
     passwords: Option<CommitPasswords>,
+    /// The last pass's refusals, so a standing one is logged once.
+    last_refusals: Vec<planner::Refusal>,
 }
 
 struct CommitPasswords {
@@ -731,6 +733,7 @@ impl ResourceWriter {
                 record,
                 record_problem: None,
                 passwords: None,
+                last_refusals: Vec::new(),
             },
             Err(e) => {
                 let problem = format!(
@@ -742,6 +745,7 @@ impl ResourceWriter {
                     record: DigestRecord::empty(path),
                     record_problem: Some(problem),
                     passwords: None,
+                    last_refusals: Vec::new(),
                 }
             }
         }
@@ -804,8 +808,12 @@ impl ResourceWriter {
             return report;
         };
         let plan = planner::plan(model, digests, &observed);
-        for refusal in &plan.refusals {
-            tracing::warn!(resource = %refusal.resource, location = ?refusal.location.as_ref().map(ToString::to_string), message = %refusal.message, "refused");
+        // A refusal stands until git changes: warned about once.
+        if plan.refusals != self.last_refusals {
+            for refusal in &plan.refusals {
+                tracing::warn!(resource = %refusal.resource, location = ?refusal.location.as_ref().map(ToString::to_string), message = %refusal.message, "refused");
+            }
+            self.last_refusals = plan.refusals.clone();
         }
         // Said in this report; cleared once the record is written afresh.
         report.notes.extend(self.record_problem.clone());
@@ -838,13 +846,17 @@ impl ResourceWriter {
             })
             .collect();
         let failed = report.actions.iter().filter(|a| !a.ok).count();
-        tracing::info!(
-            actions = report.actions.len(),
-            failed,
-            refusals = report.refusals.len(),
-            drift = report.drift.len(),
-            "resources reconciled"
-        );
+        if report.actions.is_empty() {
+            tracing::debug!(refusals = report.refusals.len(), "resources match git");
+        } else {
+            tracing::info!(
+                actions = report.actions.len(),
+                failed,
+                refusals = report.refusals.len(),
+                drift = report.drift.len(),
+                "resources reconciled"
+            );
+        }
         report
     }
 }
