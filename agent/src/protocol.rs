@@ -406,3 +406,64 @@ impl ApiError {
         }
     }
 }
+
+/// `GET /v1/resources`: the coordinator's last reconcile of cluster-scope
+/// resources (topics, SCRAM users, ACLs, quotas) against Kafka; `null`
+/// before the first pass. Never holds a secret.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResourcesReport {
+    /// The commit reconciled from (the head the coordinator loaded).
+    pub commit: String,
+    /// When the pass ran (Unix seconds).
+    pub at: u64,
+    /// Set when nothing was reconciled this pass (Kafka unreachable, its
+    /// answers unreadable): what went wrong and where.
+    pub error: Option<String>,
+    /// Caveats of a pass that did run, e.g. a corrupt password-digest
+    /// record (every password is then set again) or a password that could
+    /// not be decrypted.
+    pub notes: Vec<String>,
+    /// The actions carried out, in the order they ran.
+    pub actions: Vec<ResourceActionReport>,
+    /// What git asks for that kraftops will not do.
+    pub refusals: Vec<ResourceRefusal>,
+    /// Differences found between Kafka and git (put back by the actions
+    /// where kraftops manages them).
+    pub drift: Vec<ResourceDrift>,
+}
+
+impl ResourcesReport {
+    /// Whether the pass ran, every action succeeded and nothing was refused.
+    pub fn is_clean(&self) -> bool {
+        self.error.is_none() && self.refusals.is_empty() && self.actions.iter().all(|a| a.ok)
+    }
+}
+
+/// One action of a reconcile pass and how it went.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceActionReport {
+    /// E.g. `create topic orders (6 partitions, RF 3)`.
+    pub description: String,
+    /// `file:line:col` of the declaration that asks for it, when there is one.
+    pub location: Option<String>,
+    pub ok: bool,
+    /// Why it failed, or why it was skipped (retried next pass).
+    pub error: Option<String>,
+}
+
+/// Something git asks for that kraftops refuses to do.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceRefusal {
+    /// E.g. `topic orders`.
+    pub resource: String,
+    /// `file:line:col` of the value to change.
+    pub location: Option<String>,
+    pub message: String,
+}
+
+/// A difference between Kafka and git.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceDrift {
+    pub resource: String,
+    pub message: String,
+}

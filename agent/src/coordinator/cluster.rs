@@ -1,11 +1,20 @@
 //! The coordinator's cluster-scope work, done with one long-lived Kafka
 //! admin client as the admin user: raising `metadata.version` once every
-//! broker and controller runs the commit that asks for it.
+//! broker and controller runs the commit that asks for it; reconciling
+//! topics, SCRAM users, ACLs and quotas from the head commit
+//! ([`super::resources`]); and the connectors, through the Connect REST API
+//! of the cluster's Connect node.
 //!
-//! It runs on a thread of its own (the Kafka client blocks), woken by a new
-//! head commit and every [`TICK`]; what it found is published into the
-//! coordinator's state for `GET /v1/rollout`.
+//! It runs on a thread of its own (the Kafka and Connect clients block),
+//! woken by a new head commit and every [`TICK`]; what it found is
+//! published into the coordinator's state for `GET /v1/rollout` and
+//! `GET /v1/resources`, and in [`super::ClusterScope`].
+//!
+//! Topics and users do not wait for rolling restarts: they are reconciled
+//! from the head commit the coordinator loaded (it loads valid commits
+//! only), never while Kafka cannot be read.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Duration;
@@ -13,14 +22,17 @@ use std::time::Duration;
 use desired_state::features::{level_name, metadata_level};
 use desired_state::{Identity, Model, Role};
 
+use super::resources::{ResourceWriter, unreachable_report};
 use super::{Coordinator, FRESH_REPORT_SECONDS};
+use crate::connect::{ConnectClient, ConnectConfig, ConnectorsReport, RestartMemory};
 use crate::error_chain as chain;
 use crate::kafka::{AdminClient, AdminConfig, Auth, ClusterAdmin, FeatureUpdateKind};
-use crate::protocol::{MetadataVersionView, NodeView, Phase};
+use crate::protocol::{MetadataVersionView, NodeView, Phase, ResourcesReport};
 
 /// How often the cluster is looked at without a new commit.
 pub const TICK: Duration = Duration::from_secs(15);
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(15);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 const METADATA_VERSION: &str = "metadata.version";
 
 /// What the loop is told: a new head commit and its model.
@@ -131,25 +143,46 @@ fn admin_config(model: &Model, identity: &Identity) -> Result<AdminConfig, Strin
     })
 }
 
-/// The loop's memory: the client and what it was built from.
+/// Where the Connect REST API of `model`'s cluster answers: its first
+/// Connect node by host name (`listeners=http://<address>:<connect_rest>`);
+/// `None` when the cluster has no Connect node.
+pub fn connect_url(model: &Model) -> Option<String> {
+    let node = model.nodes.iter().find(|n| *n.role == Role::Connect)?;
+    Some(format!(
+        "http://{}:{}/",
+        model.fqdn(node),
+        model.cluster.ports.connect_rest
+    ))
+}
+
+/// The loop's memory: the clients and what they were built from, the
+/// resource writer's digest record, the connectors' restart memory.
 struct Work {
     identity: Identity,
     head: Option<Head>,
-    client: Option<(String, Arc<dyn ClusterAdmin>)>,
+    client: Option<(String, Arc<AdminClient>)>,
+    resources: ResourceWriter,
+    connect: Option<(String, ConnectClient)>,
+    restarts: RestartMemory,
 }
 
 impl Work {
-    fn admin(&mut self, model: &Model) -> Result<Arc<dyn ClusterAdmin>, String> {
+    fn admin(&mut self, model: &Model) -> Result<Arc<AdminClient>, String> {
         let config = admin_config(model, &self.identity)?;
-        // Built again only when where or as whom it connects changes.
-        let key = format!("{config:?}|{}", config.ca_pem);
+        // Built again only when where or as whom it connects changes. The
+        // password is part of the key (the admin password rotated in git);
+        // the key is never shown.
+        let secret = match &config.auth {
+            Auth::Scram { password, .. } => password.as_str(),
+            Auth::MutualTls { keystore_pem } => keystore_pem.as_str(),
+        };
+        let key = format!("{config:?}|{secret}|{}", config.ca_pem);
         if let Some((k, client)) = &self.client
             && *k == key
         {
             return Ok(Arc::clone(client));
         }
-        let client: Arc<dyn ClusterAdmin> =
-            Arc::new(AdminClient::new(config).map_err(|e| chain(&e))?);
+        let client = Arc::new(AdminClient::new(config).map_err(|e| chain(&e))?);
         self.client = Some((key, Arc::clone(&client)));
         Ok(client)
     }
@@ -162,7 +195,7 @@ impl Work {
         let model = Arc::clone(&head.model);
         let commit = head.commit.clone();
         let admin = match self.admin(&model) {
-            Ok(a) => Some(a),
+            Ok(a) => Some(a as Arc<dyn ClusterAdmin>),
             Err(e) => {
                 tracing::warn!(error = %e, "no Kafka admin client");
                 None
@@ -276,12 +309,74 @@ impl Work {
     }
 }
 
+impl Work {
+    /// One pass of topics, users, ACLs and quotas from the head commit.
+    fn resources(&mut self, now: u64) -> Option<ResourcesReport> {
+        let head = self.head.as_ref()?;
+        let (commit, model) = (head.commit.clone(), Arc::clone(&head.model));
+        let admin = match self.admin(&model) {
+            Ok(a) => a,
+            Err(e) => {
+                let error = format!("no Kafka admin client: {e}");
+                tracing::warn!(commit = %commit, error = %error, "resources not reconciled");
+                return Some(unreachable_report(&commit, now, error));
+            }
+        };
+        Some(
+            self.resources
+                .pass(&*admin, &model, &self.identity, &commit, now),
+        )
+    }
+
+    /// One pass of the connectors; `None` when the cluster has no Connect
+    /// node.
+    fn connectors(&mut self, now: u64) -> Option<ConnectorsReport> {
+        let model = Arc::clone(&self.head.as_ref()?.model);
+        let url = connect_url(&model)?;
+        if self.connect.as_ref().is_none_or(|(u, _)| *u != url) {
+            let config = ConnectConfig {
+                url: url.clone(),
+                ca_pem: None,
+                auth: None,
+                timeout: CONNECT_TIMEOUT,
+            };
+            match ConnectClient::new(config) {
+                Ok(client) => self.connect = Some((url, client)),
+                Err(e) => {
+                    self.connect = None;
+                    return Some(ConnectorsReport {
+                        error: Some(chain(&e)),
+                        connectors: Vec::new(),
+                    });
+                }
+            }
+        }
+        let (_, client) = self.connect.as_ref()?;
+        Some(crate::connect::reconcile(
+            client,
+            &model.connectors,
+            &mut self.restarts,
+            now,
+        ))
+    }
+}
+
 /// Runs until `heads` is closed: each new head, and every [`TICK`].
-pub fn run(coordinator: Arc<Coordinator>, identity: Identity, heads: Receiver<Head>) {
+/// `digest_record` is where the resource writer keeps the digests of the
+/// passwords it set (in the coordinator's state directory).
+pub fn run(
+    coordinator: Arc<Coordinator>,
+    identity: Identity,
+    heads: Receiver<Head>,
+    digest_record: PathBuf,
+) {
     let mut work = Work {
         identity,
         head: None,
         client: None,
+        resources: ResourceWriter::open(digest_record),
+        connect: None,
+        restarts: RestartMemory::default(),
     };
     loop {
         match heads.recv_timeout(TICK) {
@@ -302,6 +397,12 @@ pub fn run(coordinator: Arc<Coordinator>, identity: Identity, heads: Receiver<He
             tracing::warn!(detail = ?v.detail, "metadata.version");
         }
         coordinator.set_metadata_version(view);
+        let resources = work.resources(now);
+        let connectors = work.connectors(crate::certs::unix_now());
+        coordinator.update_cluster_scope(|scope| {
+            scope.resources = resources;
+            scope.connectors = connectors;
+        });
     }
 }
 
@@ -367,12 +468,14 @@ mod tests {
             f(nodes.iter_mut().find(|v| v.node == name).expect("node"));
         };
         set(&mut nodes, "broker-3", &|v| {
-            v.report
-                .as_mut()
-                .map(|r| r.revision_applied = Some("b".repeat(40)));
+            if let Some(r) = v.report.as_mut() {
+                r.revision_applied = Some("b".repeat(40));
+            }
         });
         set(&mut nodes, "controller-2", &|v| {
-            v.report.as_mut().map(|r| r.phase = Phase::WaitingForLease);
+            if let Some(r) = v.report.as_mut() {
+                r.phase = Phase::WaitingForLease;
+            }
         });
         set(&mut nodes, "broker-1", &|v| {
             v.age_seconds = Some(FRESH_REPORT_SECONDS)
@@ -390,6 +493,18 @@ mod tests {
                 "controller-2 is waiting_for_lease",
             ]
         );
+    }
+
+    #[test]
+    fn connectors_are_reconciled_through_the_connect_nodes_rest_listener() {
+        let model = example();
+        assert_eq!(
+            connect_url(&model).as_deref(),
+            Some("http://connect-1.kafka.internal:8083/")
+        );
+        let mut without = model.clone();
+        without.nodes.retain(|n| *n.role != Role::Connect);
+        assert_eq!(connect_url(&without), None);
     }
 
     #[test]

@@ -56,6 +56,7 @@ pub fn router(state: Arc<Coordinator>) -> Router {
         .route("/v1/leases/{role}/halt", post(halt_rollout))
         .route("/v1/rollout", get(get_rollout))
         .route("/v1/rollout/resume", post(resume_rollout))
+        .route("/v1/resources", get(super::resources::get_resources))
         .route("/v1/nudges", get(poll_nudges))
         .route("/v1/nudge", post(post_nudge))
         .route("/v1/hooks/git", post(git_webhook))

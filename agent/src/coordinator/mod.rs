@@ -21,6 +21,7 @@ pub mod cluster;
 mod http;
 mod leases;
 mod refusal;
+pub mod resources;
 mod rollout;
 pub mod service;
 pub mod tls;
@@ -264,6 +265,9 @@ pub struct ClusterScope {
     /// The last connectors reconcile; `None` before the first, or when the
     /// cluster has no Connect worker.
     pub connectors: Option<crate::connect::ConnectorsReport>,
+    /// The last reconcile of topics, SCRAM users, ACLs and quotas; `None`
+    /// before the first.
+    pub resources: Option<crate::protocol::ResourcesReport>,
 }
 
 impl fmt::Debug for ClusterScope {
@@ -272,6 +276,7 @@ impl fmt::Debug for ClusterScope {
             .field("head", &self.head.as_ref().map(|(c, _)| c))
             .field("admin", &self.admin.is_some())
             .field("connectors", &self.connectors)
+            .field("resources", &self.resources)
             .finish()
     }
 }

@@ -243,8 +243,8 @@ pub async fn run(config_path: &Path, agent: AgentConfig) -> anyhow::Result<()> {
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
-    // The cluster-scope work (metadata.version) on a thread of its own: the
-    // Kafka client blocks. It ends when `heads` is dropped.
+    // The cluster-scope work (metadata.version, topics, users, ACLs, quotas,
+    // connectors) on a thread of its own: the Kafka and Connect clients block. It ends when `heads` is dropped.
     let (heads, heads_rx) = std::sync::mpsc::channel();
     let _ = heads.send(super::cluster::Head {
         commit: head.clone(),
@@ -253,11 +253,12 @@ pub async fn run(config_path: &Path, agent: AgentConfig) -> anyhow::Result<()> {
     // Not joined at shutdown: it may be inside a Kafka call for a few seconds.
     {
         let coordinator = coordinator.clone();
+        let digest_record = state_dir.join(super::resources::DIGEST_FILE);
         let identity = Identity::parse(&identity_text)
             .with_context(|| format!("parsing {}", identity_path.display()))?;
         std::thread::Builder::new()
             .name("cluster".to_owned())
-            .spawn(move || super::cluster::run(coordinator, identity, heads_rx))
+            .spawn(move || super::cluster::run(coordinator, identity, heads_rx, digest_record))
             .context("starting the cluster thread")?;
     }
 

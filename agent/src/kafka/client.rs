@@ -333,6 +333,76 @@ impl AdminClient {
         Ok(())
     }
 
+    /// `DescribeConfigs` of every config of each of `topics`, with where
+    /// each value comes from (a reconciler keeps only what is set on the
+    /// topic itself, `ConfigSource::DynamicTopic`). One result per topic:
+    /// a missing topic is `UNKNOWN_TOPIC_OR_PARTITION`, naming it.
+    pub fn describe_topic_configs(
+        &self,
+        topics: &[String],
+    ) -> Result<super::ItemResults<String, Vec<ConfigEntry>>, KafkaError> {
+        let api = "DescribeConfigs";
+        if topics.is_empty() {
+            return Ok(super::ItemResults { items: Vec::new() });
+        }
+        let response = self.call(Target::Any, api, |_| {
+            DescribeConfigsRequest::default()
+                .with_resources(
+                    topics
+                        .iter()
+                        .map(|t| {
+                            DescribeConfigsResource::default()
+                                .with_resource_type(RESOURCE_TOPIC)
+                                .with_resource_name(str_bytes(t))
+                                .with_configuration_keys(None)
+                        })
+                        .collect(),
+                )
+                .with_include_synonyms(false)
+                .with_include_documentation(false)
+        })?;
+        let mut answers: HashMap<String, Result<Vec<ConfigEntry>, KafkaError>> = HashMap::new();
+        for result in &response.results {
+            let topic = text(&result.resource_name);
+            let answer = if result.error_code != 0 {
+                Err(kafka_error(
+                    api,
+                    format!("topic {topic}"),
+                    result.error_code,
+                    result.error_message.as_ref(),
+                ))
+            } else {
+                Ok(result
+                    .configs
+                    .iter()
+                    .map(|c| ConfigEntry {
+                        name: text(&c.name),
+                        value: c.value.as_ref().map(text),
+                        read_only: c.read_only,
+                        sensitive: c.is_sensitive,
+                        source: ConfigSource::from_code(c.config_source),
+                        synonyms: Vec::new(),
+                    })
+                    .collect())
+            };
+            answers.insert(topic, answer);
+        }
+        let items = topics
+            .iter()
+            .map(|t| {
+                let answer = answers.remove(t).unwrap_or_else(|| {
+                    Err(KafkaError::Protocol {
+                        api,
+                        address: "the cluster".to_owned(),
+                        message: format!("the response has no result for topic {t}"),
+                    })
+                });
+                (t.clone(), answer)
+            })
+            .collect();
+        Ok(super::ItemResults { items })
+    }
+
     pub(super) fn timeout_ms(&self) -> i32 {
         i32::try_from(self.config.timeout.as_millis()).unwrap_or(i32::MAX)
     }
