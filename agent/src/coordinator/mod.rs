@@ -18,11 +18,13 @@ mod alerts;
 mod auth;
 mod clock;
 pub mod cluster;
+pub mod cluster_api;
 mod http;
 mod leases;
 mod refusal;
 mod rollout;
 pub mod service;
+pub mod status_view;
 pub mod tls;
 
 use std::collections::BTreeMap;
