@@ -852,6 +852,35 @@ fn consumer_group(kafka: &Kafka, http: &Http) {
             .any(|g| g["group_id"] == "g" && g["protocol_type"] == "consumer"),
         "{body}"
     );
+    // A group of the new consumer protocol (KIP-848), which DescribeGroups
+    // does not describe as a classic group: still its offsets and lag.
+    let printed = run_tool(
+        kafka,
+        "kafka-console-consumer.sh",
+        &[
+            "--topic",
+            "test-topic",
+            "--group",
+            "g-new",
+            "--from-beginning",
+            "--max-messages",
+            "30",
+            "--consumer.config",
+            &config,
+            "--consumer-property",
+            "group.protocol=consumer",
+            "--consumer-property",
+            "max.poll.records=1",
+        ],
+        None,
+    );
+    assert_eq!(printed.lines().count(), 30);
+    let (status, body) = http.get("/consumer-groups/{id}", "/consumer-groups/g-new");
+    assert_eq!(status, 200, "{body}");
+    report!("group g-new: {body}");
+    assert_eq!(body["total_lag"], 70, "{body}");
+    assert_ne!(body["state"], "Dead", "{body}");
+
     let (status, body) = http.get("/consumer-groups/{id}", "/consumer-groups/no-such-group");
     assert_eq!(status, 404, "{body}");
     assert_eq!(body["error"]["code"], "not_found");

@@ -1152,7 +1152,7 @@ async fn get_group(
     let id = path_value(id)?;
     let admin = admin_of(&coordinator.cluster_scope())?;
     let group = id.clone();
-    let (description, committed, latest) = kafka(admin, move |admin| {
+    let (description, listed, committed, latest) = kafka(admin, move |admin| {
         let described = admin
             .describe_groups(std::slice::from_ref(&group))
             .map_err(|e| ApiFailure::kafka("DescribeGroups", &e))?
@@ -1169,6 +1169,17 @@ async fn get_group(
         let committed = admin
             .committed_offsets(&group)
             .map_err(|e| ApiFailure::kafka("OffsetFetch", &e))?;
+        // DescribeGroups describes classic groups only; a group of the
+        // new consumer protocol (KIP-848) is still listed with its state.
+        let listed = if description.is_none() && !committed.is_empty() {
+            admin
+                .list_groups()
+                .map_err(|e| ApiFailure::kafka("ListGroups", &e))?
+                .into_iter()
+                .find(|g| g.group_id == group)
+        } else {
+            None
+        };
         let mut partitions: BTreeSet<TopicPartition> = committed.keys().cloned().collect();
         for member in description.iter().flat_map(|d| &d.members) {
             partitions.extend(member.assignment.iter().cloned());
@@ -1182,7 +1193,7 @@ async fn get_group(
                 .map_err(|e| ApiFailure::kafka("ListOffsets", &e))?
                 .items
         };
-        Ok((description, committed, latest))
+        Ok((description, listed, committed, latest))
     })
     .await?;
     let dead = description
@@ -1246,9 +1257,15 @@ async fn get_group(
     }
     offsets.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
     let total_lag = offsets.iter().filter_map(|o| o.lag).sum();
-    let (state, protocol_type, protocol) = description
-        .map(|d| (d.state, d.protocol_type, d.protocol))
-        .unwrap_or_else(|| ("Dead".to_owned(), String::new(), String::new()));
+    let (state, protocol_type, protocol) = match (description, listed) {
+        (Some(d), _) => (d.state, d.protocol_type, d.protocol),
+        (None, Some(l)) => (
+            l.state.unwrap_or_else(|| "Unknown".to_owned()),
+            l.protocol_type,
+            String::new(),
+        ),
+        (None, None) => ("Dead".to_owned(), String::new(), String::new()),
+    };
     Ok(Json(GroupDetail {
         group_id: id,
         state,

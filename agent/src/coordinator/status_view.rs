@@ -21,6 +21,9 @@ use crate::protocol::{NodeView, Phase, RolloutView};
 
 /// How often the page reloads itself.
 pub const REFRESH_SECONDS: u32 = 10;
+/// How long the page waits for Kafka's topic list before it shows the
+/// rest without it.
+const PAGE_KAFKA_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// The longest value a table cell shows.
 const CELL_LIMIT: usize = 72;
 
@@ -527,9 +530,13 @@ pub(crate) async fn page(State(coordinator): State<Arc<Coordinator>>) -> Respons
         now: crate::certs::unix_now(),
         nodes: coordinator.nodes(),
         rollout: coordinator.rollout(),
-        topics: topic_list(&coordinator)
-            .await
-            .map_err(|f| f.body().error.message.clone()),
+        topics: match tokio::time::timeout(PAGE_KAFKA_WAIT, topic_list(&coordinator)).await {
+            Ok(listed) => listed.map_err(|f| f.body().error.message.clone()),
+            Err(_) => Err(format!(
+                "Kafka did not answer within {} s",
+                PAGE_KAFKA_WAIT.as_secs()
+            )),
+        },
         connectors: connector_list(&coordinator).map_err(|f| f.body().error.message.clone()),
     };
     (
