@@ -439,6 +439,18 @@ async fn writes_answer_with_the_git_edit_to_make() {
     assert_eq!(body["edit"]["file"], "topics/app.yaml");
     assert_eq!(body["edit"]["action"], "change");
 
+    // Naming the replication factor it already has (the cluster's
+    // default, for a declaration without one) is no change.
+    let (status, body) = call_json(
+        &coordinator,
+        "put",
+        "/topics/test-topic",
+        Some(r#"{"replication_factor": 3}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["edit"]["action"], "change");
+
     // A deletion is a mark in git.
     let (status, body) = call_json(&coordinator, "delete", "/topics/test-topic", None).await;
     assert_eq!(status, StatusCode::CONFLICT);
@@ -478,6 +490,14 @@ async fn bad_writes_are_refused_with_their_reason() {
             StatusCode::BAD_REQUEST,
             "invalid_body",
             "replication factor",
+        ),
+        (
+            "put",
+            "/topics/test-topic",
+            r#"{"replication_factor": 1}"#,
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "test-topic has 3",
         ),
         (
             "put",

@@ -973,17 +973,16 @@ async fn put_topic(
         }
         entry.partitions = p;
     }
-    if let Some(rf) = body.replication_factor
-        && entry
+    if let Some(rf) = body.replication_factor {
+        // A declaration without one has the cluster's default.
+        let current = entry
             .replication_factor
-            .is_some_and(|current| current != rf)
-    {
-        return Err(ApiFailure::invalid_body(format!(
-            "kraftops does not change a topic's replication factor ({name} has {}); create a new topic instead",
-            entry.replication_factor.unwrap_or(rf)
-        )));
-    } else if let Some(rf) = body.replication_factor {
-        entry.replication_factor = Some(rf);
+            .unwrap_or(model.cluster.topic_defaults.replication_factor.value);
+        if current != rf {
+            return Err(ApiFailure::invalid_body(format!(
+                "kraftops does not change a topic's replication factor ({name} has {current}); create a new topic instead"
+            )));
+        }
     }
     for (key, value) in changes {
         match value {
