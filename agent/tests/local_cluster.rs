@@ -171,7 +171,16 @@ fn cluster_rss_mib() -> u64 {
 }
 
 fn kafka_dist() -> (String, String) {
-    let out = Command::new(repo_root().join("scripts/kafka-dist"))
+    kafka_dist_version(None)
+}
+
+/// `scripts/kafka-dist [--version v]`: the tarball and the JMX jar.
+fn kafka_dist_version(version: Option<&str>) -> (String, String) {
+    let mut command = Command::new(repo_root().join("scripts/kafka-dist"));
+    if let Some(v) = version {
+        command.args(["--version", v]);
+    }
+    let out = command
         .stdin(Stdio::null())
         .output()
         .expect("running scripts/kafka-dist");
@@ -389,6 +398,163 @@ fn quorum_leader(state: &ClusterState, model: &Model) -> u32 {
         .unwrap_or_else(|| panic!("no LeaderId in {status}"))
 }
 
+/// Creates `topic` (6 partitions, RF 3, min ISR 2) from connect-1.
+fn create_topic(state: &ClusterState, topic: &str) {
+    let create = exec(
+        state,
+        "connect-1",
+        &[
+            "/opt/kafka/bin/kafka-topics.sh",
+            "--bootstrap-server",
+            BOOTSTRAP_ALL,
+            "--command-config",
+            "/root/e2e-admin.properties",
+            "--create",
+            "--if-not-exists",
+            "--topic",
+            topic,
+            "--partitions",
+            "6",
+            "--replication-factor",
+            "3",
+            "--config",
+            "min.insync.replicas=2",
+        ],
+        None,
+    );
+    assert!(
+        create.status.success(),
+        "creating {topic}: {}",
+        stderr(&create)
+    );
+}
+
+/// Kafka's own ProducerPerformance on connect-1 (idempotent, acks=all):
+/// `records` records of 100 bytes at 20 a second to `topic`. Returns the
+/// running tool; [`latency`] reads its summary.
+fn latency_probe(state: &ClusterState, topic: &str, records: u32) -> std::process::Child {
+    create_topic(state, topic);
+    checks::in_node(
+        state,
+        "connect-1",
+        &[
+            "/opt/kafka/bin/kafka-run-class.sh",
+            "org.apache.kafka.tools.ProducerPerformance",
+            "--topic",
+            topic,
+            "--num-records",
+            &records.to_string(),
+            "--record-size",
+            "100",
+            "--throughput",
+            "20",
+            "--producer.config",
+            "/root/e2e-producer.properties",
+            "--producer-props",
+            &format!("bootstrap.servers={BOOTSTRAP_ALL}"),
+        ],
+    )
+    .expect("connect-1 runs")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("starting ProducerPerformance")
+}
+
+/// The summary line of a finished [`latency_probe`]: `(p50, p99, max)` in ms.
+fn latency(probe: std::process::Child) -> (f64, f64, f64) {
+    let out = probe.wait_with_output().expect("ProducerPerformance ends");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // "600 records sent, 19.9 records/sec (0.00 MB/sec), 7.6 ms avg latency,
+    //  402.0 ms max latency, 5 ms 50th, 12 ms 95th, 61 ms 99th, 402 ms 99.9th."
+    let summary = text
+        .lines()
+        .rfind(|l| l.contains("99th"))
+        .unwrap_or_else(|| panic!("no ProducerPerformance summary in:\n{text}"));
+    let number_before = |label: &str| -> f64 {
+        summary
+            .split(',')
+            .find(|part| part.trim_end_matches('.').trim().ends_with(label))
+            .and_then(|part| part.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {label} in {summary}"))
+    };
+    (
+        number_before("50th"),
+        number_before("99th"),
+        number_before("max latency"),
+    )
+}
+
+/// Asserts that each of `nodes` restarted its `kafka.service` after
+/// `before` (its ActiveEnter then) and that no two were down at once
+/// (systemd's own timestamps: stop began → active again; one clock).
+/// Returns `(node, down, up)` in the order they went down.
+fn rolled_one_at_a_time(
+    state: &ClusterState,
+    nodes: &[String],
+    before: &std::collections::BTreeMap<String, u64>,
+    what: &str,
+) -> Vec<(String, u64, u64)> {
+    let mut downs: Vec<(String, u64, u64)> = nodes
+        .iter()
+        .map(|n| {
+            let (exit, enter) = unit_times(state, n, "kafka.service");
+            let started = before[n];
+            assert!(
+                exit > started && enter > exit,
+                "{n} restarted for {what} (started {started}, stop began {exit}, active again {enter})"
+            );
+            (n.clone(), exit, enter)
+        })
+        .collect();
+    downs.sort_by_key(|d| d.1);
+    for pair in downs.windows(2) {
+        assert!(
+            pair[0].2 <= pair[1].1,
+            "{what}: {} was still down when {} went down: {downs:?}",
+            pair[0].0,
+            pair[1].0
+        );
+    }
+    downs
+}
+
+/// The running `kafka.service` JVM's command line inside `node`.
+fn kafka_cmdline(state: &ClusterState, node: &str) -> String {
+    let out = exec(
+        state,
+        node,
+        &[
+            "sh",
+            "-c",
+            "tr '\\0' '\\n' < /proc/$(systemctl show -p MainPID --value kafka.service)/cmdline",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{node}: {}", stderr(&out));
+    stdout(&out)
+}
+
+/// The certificate a broker's client listener serves, verified against the
+/// cluster CA by a TLS handshake from the host (the agent's own check):
+/// its SHA-256 fingerprint (12 hex digits) and notAfter (Unix s).
+fn served_certificate(address: std::net::Ipv4Addr, ca_pem: &str) -> (String, u64) {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let der = kraftops_agent::rollout::served_certificate(&address.to_string(), 9092, ca_pem)
+        .unwrap_or_else(|e| panic!("{address}:9092: {e}"));
+    let pem = format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        base64::engine::general_purpose::STANDARD.encode(&der)
+    );
+    let info = kraftops_agent::certs::inspect(&pem).expect("a certificate Kafka served");
+    (
+        hex::encode(sha2::Sha256::digest(&der))[..12].to_owned(),
+        info.not_after,
+    )
+}
+
 /// An idempotent producer (acks=all) on connect-1 writing numbered records
 /// to an RF 3, min ISR 2 topic, and what it was told.
 struct Load {
@@ -421,30 +587,25 @@ impl Load {
     /// Creates `topic` (6 partitions, RF 3, min ISR 2) and starts writing
     /// 20 records a second; returns once the first is acknowledged.
     fn start(state: &ClusterState, topic: &str) -> Self {
-        let create = exec(
-            state,
-            "connect-1",
-            &[
-                "/opt/kafka/bin/kafka-topics.sh", "--bootstrap-server", BOOTSTRAP_ALL,
-                "--command-config", "/root/e2e-admin.properties", "--create", "--if-not-exists",
-                "--topic", topic, "--partitions", "6", "--replication-factor", "3",
-                "--config", "min.insync.replicas=2",
-            ],
-            None,
-        );
-        assert!(
-            create.status.success(),
-            "creating {topic}: {}",
-            stderr(&create)
-        );
+        create_topic(state, topic);
         let mut producer = checks::in_node(
             state,
             "connect-1",
             &[
-                "/opt/kafka/bin/kafka-run-class.sh", "org.apache.kafka.tools.VerifiableProducer",
-                "--bootstrap-server", BOOTSTRAP_ALL,
-                "--producer.config", "/root/e2e-producer.properties", "--topic", topic,
-                "--acks", "-1", "--throughput", "20", "--max-messages", "-1",
+                "/opt/kafka/bin/kafka-run-class.sh",
+                "org.apache.kafka.tools.VerifiableProducer",
+                "--bootstrap-server",
+                BOOTSTRAP_ALL,
+                "--producer.config",
+                "/root/e2e-producer.properties",
+                "--topic",
+                topic,
+                "--acks",
+                "-1",
+                "--throughput",
+                "20",
+                "--max-messages",
+                "-1",
             ],
         )
         .expect("connect-1 runs")
@@ -498,7 +659,12 @@ impl Load {
         // nsenter forks: the producer's JVM runs under the node's init, so
         // it is stopped inside the node (SIGTERM: it flushes and reports).
         let pattern = format!("VerifiableProducer.*--topic {}", self.topic);
-        let stop = exec(state, "connect-1", &["pkill", "-TERM", "-f", &pattern], None);
+        let stop = exec(
+            state,
+            "connect-1",
+            &["pkill", "-TERM", "-f", &pattern],
+            None,
+        );
         assert!(
             stop.status.success(),
             "stopping the producer: {}",
@@ -511,15 +677,21 @@ impl Load {
             state,
             "connect-1",
             &[
-                "/opt/kafka/bin/kafka-console-consumer.sh", "--bootstrap-server", BOOTSTRAP_ALL,
-                "--consumer.config", "/root/e2e-admin.properties", "--topic", &self.topic,
-                "--from-beginning", "--timeout-ms", "30000",
+                "/opt/kafka/bin/kafka-console-consumer.sh",
+                "--bootstrap-server",
+                BOOTSTRAP_ALL,
+                "--consumer.config",
+                "/root/e2e-admin.properties",
+                "--topic",
+                &self.topic,
+                "--from-beginning",
+                "--timeout-ms",
+                "30000",
             ],
             None,
         );
         let consumed_text = stdout(&consumed);
-        let mut copies: std::collections::BTreeMap<&str, usize> =
-            std::collections::BTreeMap::new();
+        let mut copies: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
         for line in consumed_text.lines() {
             *copies.entry(line).or_default() += 1;
         }
@@ -1152,7 +1324,10 @@ fn the_example_cluster_comes_up_healthy_and_secure() {
         .iter()
         .map(|b| (b.clone(), unit_times(&state, b, "kafka.service").1))
         .collect();
+    // Produce latency in steady state first (30 s), then through the roll.
+    let steady = latency(latency_probe(&state, "e2e-latency-steady", 600));
     let load = Load::start(&state, "e2e-roll");
+    let probe = latency_probe(&state, "e2e-latency-roll", 2600);
     edit(
         work.path(),
         "cluster.yaml",
@@ -1163,6 +1338,16 @@ fn the_example_cluster_comes_up_healthy_and_secure() {
         push_and_wait(&state, work.path(), "e2e: a static broker setting");
     std::thread::sleep(Duration::from_secs(5));
     let load = load.finish(&state);
+    let rolling = latency(probe);
+    report!(
+        "produce latency (idempotent, acks=all, 20/s), p50 / p99 / max ms: steady state {} / {} / {}, during the roll {} / {} / {}",
+        steady.0,
+        steady.1,
+        steady.2,
+        rolling.0,
+        rolling.1,
+        rolling.2
+    );
     for n in state.nodes.iter().filter(|n| n.role == "broker") {
         let props = std::fs::read_to_string(
             layout
@@ -1176,29 +1361,7 @@ fn the_example_cluster_comes_up_healthy_and_secure() {
             n.name
         );
     }
-    // Each broker restarted after the push, and no two were down at once
-    // (systemd's own timestamps: stop began → active again; one clock).
-    let mut downs: Vec<(String, u64, u64)> = brokers
-        .iter()
-        .map(|b| {
-            let (exit, enter) = unit_times(&state, b, "kafka.service");
-            let before = started_before[b];
-            assert!(
-                exit > before && enter > exit,
-                "{b} restarted during the roll (started {before}, stop began {exit}, active again {enter})"
-            );
-            (b.clone(), exit, enter)
-        })
-        .collect();
-    downs.sort_by_key(|d| d.1);
-    for pair in downs.windows(2) {
-        assert!(
-            pair[0].2 <= pair[1].1,
-            "{} was still down when {} went down: {downs:?}",
-            pair[0].0,
-            pair[1].0
-        );
-    }
+    let downs = rolled_one_at_a_time(&state, &brokers, &started_before, "the static setting");
     peak_rss = peak_rss.max(cluster_rss_mib());
     // The coordinator's lease log agrees: one broker at a time.
     let held = lease_log(&state, "broker", roll_since);
@@ -1222,6 +1385,67 @@ fn the_example_cluster_comes_up_healthy_and_secure() {
         "push to converged: no-restart change {quiet_seconds:.0} s, rolling change {roll_seconds:.0} s"
     );
 
+    // The bare minimum of a broker restart, for comparison: a plain
+    // `systemctl restart` with no gate and no lease, until the broker is
+    // registered, unfenced and back in the ISR of every partition it hosts
+    // (the agent's own health check, asked from the host every 250 ms).
+    let host_admin = kraftops_agent::kafka::AdminClient::new(kraftops_agent::kafka::AdminConfig {
+        bootstrap: state
+            .nodes
+            .iter()
+            .filter(|n| n.role == "broker")
+            .map(|n| format!("{}:9091", n.address))
+            .collect(),
+        ca_pem: model.ca_certificate.clone(),
+        auth: kraftops_agent::kafka::Auth::Scram {
+            user: "admin".to_owned(),
+            password: admin_password.clone(),
+        },
+        timeout: Duration::from_secs(5),
+        controllers: false,
+    })
+    .expect("an admin client from the host");
+    let broker_4_id = model
+        .nodes
+        .iter()
+        .find(|n| n.name.as_str() == "broker-4")
+        .and_then(|n| n.node_id.as_ref())
+        .map(|id| i32::try_from(id.value).expect("a node id"))
+        .expect("broker-4 has a node id");
+    let plain_started = Instant::now();
+    let plain = exec(
+        &state,
+        "broker-4",
+        &["systemctl", "restart", "kafka.service"],
+        None,
+    );
+    assert!(
+        plain.status.success(),
+        "systemctl restart: {}",
+        stderr(&plain)
+    );
+    let stopped_and_started = plain_started.elapsed().as_secs_f64();
+    let plain_seconds = loop {
+        use kraftops_agent::kafka::KafkaAdmin as _;
+        let health = host_admin
+            .metadata()
+            .and_then(|m| Ok((m, host_admin.describe_cluster()?)))
+            .map(|(m, c)| kraftops_agent::rollout::gates::broker_health(broker_4_id, &m, &c));
+        if matches!(health, Ok(kraftops_agent::rollout::Health::Healthy)) {
+            break plain_started.elapsed().as_secs_f64();
+        }
+        assert!(
+            plain_started.elapsed() < Duration::from_secs(300),
+            "broker-4 not back in every ISR 300 s after a plain restart: {health:?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    report!(
+        "a broker restart: plain systemctl restart {stopped_and_started:.0} s, back in every ISR after {plain_seconds:.0} s (the bare minimum); kraftops per broker (lease held: gate, controlled shutdown, start, ISR, leader election, {}s bake) {:?} s",
+        5,
+        held.iter().map(|h| h.2 - h.1).collect::<Vec<_>>()
+    );
+
     // A controller setting: the controllers restart one at a time, each
     // only while the other two are caught up, the active one last.
     let leader_before = quorum_leader(&state, &model);
@@ -1234,26 +1458,12 @@ fn the_example_cluster_comes_up_healthy_and_secure() {
         "  metadata_dir: /var/lib/kafka/metadata\n  settings:\n    controller.quorum.append.linger.ms: 20\n",
     );
     let (_, controller_seconds) = push_and_wait(&state, work.path(), "e2e: a controller setting");
-    let mut controller_downs: Vec<(String, u64, u64)> = controllers
-        .iter()
-        .map(|c| {
-            let (exit, enter) = unit_times(&state, c, "kafka.service");
-            assert!(
-                exit > controllers_before[c] && enter > exit,
-                "{c} restarted for the controller setting"
-            );
-            (c.clone(), exit, enter)
-        })
-        .collect();
-    controller_downs.sort_by_key(|d| d.1);
-    for pair in controller_downs.windows(2) {
-        assert!(
-            pair[0].2 <= pair[1].1,
-            "{} was still down when {} went down: {controller_downs:?}",
-            pair[0].0,
-            pair[1].0
-        );
-    }
+    let controller_downs = rolled_one_at_a_time(
+        &state,
+        &controllers,
+        &controllers_before,
+        "the controller setting",
+    );
     let last = &controller_downs.last().expect("three controllers").0;
     let leader_name = format!("controller-{}", leader_before - 3000);
     assert_eq!(
@@ -1504,6 +1714,239 @@ fn the_example_cluster_comes_up_healthy_and_secure() {
     );
     let (_, fix_seconds) = push_and_wait(&state, work.path(), "e2e: the fix");
     report!("the fix converged every node in {fix_seconds:.0} s");
+
+    // A Kafka version upgrade from git, under load: 4.1.1 → 4.2.0 installed
+    // beside the old version on every node and rolled through the same
+    // gates (controllers, then brokers, one at a time, then Connect);
+    // metadata.version is raised to 4.2 only once every broker and
+    // controller runs the new commit, and only because git asks for it.
+    kafka_dist_version(Some("4.2.0"));
+    let kafka_nodes: Vec<String> = controllers.iter().chain(&brokers).cloned().collect();
+    let before_upgrade = started_at(&state, &kafka_nodes, "kafka.service");
+    let features = |node: &str| {
+        let out = exec(
+            &state,
+            node,
+            &[
+                "/opt/kafka/bin/kafka-features.sh",
+                "--bootstrap-server",
+                BOOTSTRAP_ALL,
+                "--command-config",
+                "/root/e2e-admin.properties",
+                "describe",
+            ],
+            None,
+        );
+        let text = stdout(&out);
+        text.lines()
+            .find(|l| l.contains("Feature: metadata.version"))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no metadata.version in kafka-features describe: {text}{}",
+                    stderr(&out)
+                )
+            })
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let metadata_before = features("connect-1");
+    assert!(
+        metadata_before.contains("FinalizedVersionLevel: 4.1-IV1"),
+        "{metadata_before}"
+    );
+    let load = Load::start(&state, "e2e-upgrade");
+    edit(
+        work.path(),
+        "cluster.yaml",
+        "  version: 4.1.1\n",
+        "  version: 4.2.0\n  metadata_version: \"4.2\"\n",
+    );
+    let upgrade_head = push(work.path(), "e2e: Kafka 4.2.0, metadata.version 4.2");
+    let upgrade_started = Instant::now();
+    // Watch the coordinator while the nodes roll: no raise while any Kafka
+    // node is not on the new commit.
+    let (raised_after, converged_after) = {
+        let mut converged_at = None;
+        let mut raised_at = None;
+        wait_until(
+            "the upgrade to converge and metadata.version to be raised",
+            Duration::from_secs(1500),
+            || {
+                let views = kraftops_agent::local::node_views(&state).ok()?;
+                let on_head = |v: &kraftops_agent::protocol::NodeView| {
+                    v.report.as_ref().is_some_and(|r| {
+                        r.revision_applied.as_deref() == Some(upgrade_head.as_str())
+                            && r.phase == kraftops_agent::protocol::Phase::Converged
+                    })
+                };
+                let kafka_on_head = views
+                    .iter()
+                    .filter(|v| kafka_nodes.contains(&v.node))
+                    .all(on_head);
+                let view = rollout_view(&state);
+                let metadata = &view["metadata_version"];
+                if metadata["finalized_level"] == 29 && metadata["state"] == "at_level" {
+                    assert!(
+                        kafka_on_head || converged_at.is_some(),
+                        "metadata.version was raised before every Kafka node ran the new commit: {metadata}"
+                    );
+                    raised_at.get_or_insert(upgrade_started.elapsed().as_secs_f64());
+                }
+                if views.iter().all(on_head) {
+                    converged_at.get_or_insert(upgrade_started.elapsed().as_secs_f64());
+                }
+                raised_at.zip(converged_at)
+            },
+        )
+    };
+    std::thread::sleep(Duration::from_secs(5));
+    let load = load.finish(&state);
+    let upgrade_downs = rolled_one_at_a_time(&state, &kafka_nodes, &before_upgrade, "the upgrade");
+    // Controllers first, then brokers: the last controller was up again
+    // before the first broker went down.
+    let last_controller_up = upgrade_downs
+        .iter()
+        .filter(|d| controllers.contains(&d.0))
+        .map(|d| d.2)
+        .max()
+        .expect("controllers");
+    let first_broker_down = upgrade_downs
+        .iter()
+        .filter(|d| brokers.contains(&d.0))
+        .map(|d| d.1)
+        .min()
+        .expect("brokers");
+    assert!(
+        last_controller_up <= first_broker_down,
+        "a broker went down before every controller was upgraded: {upgrade_downs:?}"
+    );
+    for node in &kafka_nodes {
+        let cmdline = kafka_cmdline(&state, node);
+        assert!(
+            cmdline.contains("kafka_2.13-4.2.0.jar") && !cmdline.contains("4.1.1.jar"),
+            "{node} does not run Kafka 4.2.0 alone: {}",
+            cmdline
+                .lines()
+                .filter(|l| l.contains("kafka_2.13"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        assert!(
+            !cmdline.contains("/opt/kafka/libs/"),
+            "{node}'s JVM reads its jars through the install_dir symlink"
+        );
+    }
+    let metadata_after = features("connect-1");
+    assert!(
+        metadata_after.contains("FinalizedVersionLevel: 4.2-IV1"),
+        "{metadata_after}"
+    );
+    let rollout = rollout_view(&state);
+    report!(
+        "Kafka 4.1.1 → 4.2.0 ({}): every node converged in {converged_after:.0} s (controllers first, one node at a time: {:?}); {load}; metadata.version raised after {raised_after:.0} s: {} → {} ({})",
+        &upgrade_head[..12],
+        upgrade_downs
+            .iter()
+            .map(|d| d.0.as_str())
+            .collect::<Vec<_>>(),
+        metadata_before,
+        metadata_after,
+        rollout["metadata_version"]["detail"]
+    );
+
+    // Certificates rotate without a restart: with a 4-minute lifetime, a
+    // broker whose keystore is gone (by hand) gets a new certificate, and
+    // renews it by itself at two thirds of its life; each time the broker
+    // reloads it live, serves it, and keeps serving clients.
+    let broker_addresses: Vec<(String, std::net::Ipv4Addr)> = state
+        .nodes
+        .iter()
+        .filter(|n| n.role == "broker")
+        .map(|n| (n.name.clone(), n.address))
+        .collect();
+    edit(
+        work.path(),
+        "cluster.yaml",
+        "cert_validity: 90d",
+        "cert_validity: 4m",
+    );
+    edit(
+        work.path(),
+        "cluster.yaml",
+        "renew_before: 30d",
+        "renew_before: 1m",
+    );
+    push_and_wait(&state, work.path(), "e2e: 4-minute certificates");
+    let before_rotation = started_at(&state, &brokers, "kafka.service");
+    let first: std::collections::BTreeMap<String, (String, u64)> = broker_addresses
+        .iter()
+        .map(|(b, a)| (b.clone(), served_certificate(*a, &model.ca_certificate)))
+        .collect();
+    let load = Load::start(&state, "e2e-rotation");
+    let rotation_started = Instant::now();
+    for b in &brokers {
+        std::fs::remove_file(
+            layout
+                .node_root(b)
+                .join(roles::layout::KEYSTORE.trim_start_matches('/')),
+        )
+        .expect("removing a broker's keystore");
+    }
+    let mut seen: std::collections::BTreeMap<String, Vec<(String, u64)>> = first
+        .iter()
+        .map(|(b, c)| (b.clone(), vec![c.clone()]))
+        .collect();
+    // Three certificates each: the old one, the one issued for the missing
+    // keystore, and the one it renewed by itself.
+    wait_until(
+        "every broker to serve a reissued and then a renewed certificate",
+        Duration::from_secs(600),
+        || {
+            for (b, a) in &broker_addresses {
+                let now = served_certificate(*a, &model.ca_certificate);
+                let list = seen.get_mut(b).expect("a broker");
+                if list.last() != Some(&now) {
+                    list.push(now);
+                }
+            }
+            seen.values().all(|l| l.len() >= 3).then_some(())
+        },
+    );
+    let rotation_seconds = rotation_started.elapsed().as_secs_f64();
+    // The new certificates are the short-lived ones git asked for.
+    let unix_now = kraftops_agent::daemon::reconcile::now();
+    for (b, list) in &seen {
+        assert!(
+            list[1..]
+                .iter()
+                .all(|(_, not_after)| *not_after <= unix_now + 240),
+            "{b} served a certificate longer-lived than 4 minutes: {list:?}"
+        );
+    }
+    let load = load.finish(&state);
+    let after_rotation = started_at(&state, &brokers, "kafka.service");
+    assert_eq!(
+        after_rotation, before_rotation,
+        "no broker restarted for its certificates"
+    );
+    report!(
+        "certificate rotation (4-minute lifetime): every broker served a reissued and then a self-renewed certificate within {rotation_seconds:.0} s, none restarted; {load}; broker-1: {:?}",
+        seen["broker-1"]
+    );
+    edit(
+        work.path(),
+        "cluster.yaml",
+        "cert_validity: 4m",
+        "cert_validity: 90d",
+    );
+    edit(
+        work.path(),
+        "cluster.yaml",
+        "renew_before: 1m",
+        "renew_before: 30d",
+    );
+    push_and_wait(&state, work.path(), "e2e: 90-day certificates again");
 
     // Measures (printed, not asserted).
     report!(

@@ -33,7 +33,7 @@ pub use validate::{
 };
 pub use window::{WindowState, format_utc, window_state};
 
-use types::{Name, UserName};
+use types::{Name, TopicName, UserName};
 
 /// An item together with the repository file it came from.
 #[derive(Clone, Debug)]
@@ -161,6 +161,28 @@ impl Model {
             node.name.as_str(),
             self.cluster.network.domain.as_str()
         )
+    }
+
+    /// Connect's own storage topics, with the cluster.yaml key naming each.
+    /// Kafka Connect creates and owns them; kraftops never declares,
+    /// changes, prunes or deletes them.
+    pub fn connect_storage_topics(&self) -> [(&'static str, &Located<TopicName>); 3] {
+        let connect = &self.cluster.connect;
+        [
+            ("connect.config_topic", &connect.config_topic),
+            ("connect.offset_topic", &connect.offset_topic),
+            ("connect.status_topic", &connect.status_topic),
+        ]
+    }
+
+    /// Users the cluster cannot run without, with the cluster.yaml key naming
+    /// each: never marked for deletion, never pruned.
+    pub fn protected_users(&self) -> [(&'static str, &Located<UserName>); 2] {
+        let security = &self.cluster.security;
+        [
+            ("security.inter_broker_user", &security.inter_broker_user),
+            ("security.admin_user", &security.admin_user),
+        ]
     }
 
     pub fn user(&self, name: &UserName) -> Option<&User> {

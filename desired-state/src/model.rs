@@ -19,6 +19,14 @@ fn yes() -> bool {
     true
 }
 
+fn located_false() -> Located<bool> {
+    false.into()
+}
+
+fn is_false(value: &Located<bool>) -> bool {
+    !value.value
+}
+
 fn default_version(v: &str) -> Version {
     Version::try_from(v).unwrap_or_else(|_| unreachable!("built-in default {v} is a valid version"))
 }
@@ -120,6 +128,9 @@ pub struct ClusterFile {
     pub rollout: RolloutPolicy,
     #[serde(default)]
     pub agent: AgentSpec,
+    /// Topics, users, ACLs and quotas: how the coordinator keeps them in Kafka.
+    #[serde(default)]
+    pub resources: ResourcesSpec,
     /// Where `kraftops-bootstrap` provisions the cluster on AWS. Not needed
     /// to run a cluster (local mode and machines made by other means ignore it).
     #[serde(default)]
@@ -723,6 +734,30 @@ fn default_root_volume() -> Located<u32> {
     30.into()
 }
 
+/// How the coordinator treats topics and users in Kafka that git does not
+/// list. By default it never deletes them: a topic or user goes only when
+/// git marks it `delete: true`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResourcesSpec {
+    pub prune: PruneSpec,
+}
+
+/// Name patterns (`*` matches any run of characters) under which the
+/// coordinator deletes what git does not list. Only names matching a pattern
+/// are ever pruned, never anything else. Refused: a topic pattern that could
+/// match Kafka's internal topics (`__*`) or Connect's storage topics, a user
+/// pattern that matches the inter-broker or admin user.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct PruneSpec {
+    /// Topics in Kafka matching one of these and not in `topics/` are deleted.
+    pub topics: Vec<Located<NamePattern>>,
+    /// SCRAM users (their credentials, ACLs and quotas) in Kafka matching one
+    /// of these and not in `users/` are deleted.
+    pub users: Vec<Located<NamePattern>>,
+}
+
 // ------------------------------------------------------------------ nodes.yaml
 
 /// `nodes.yaml`: every machine of the cluster.
@@ -804,8 +839,23 @@ pub struct Topic {
     #[serde(default)]
     pub replication_factor: Option<Located<u16>>,
     /// Topic-level configs, e.g. `retention.ms`, `min.insync.replicas`.
+    /// Configs set on the topic in Kafka but not listed here are removed (the
+    /// topic then follows the broker's default).
     #[serde(default)]
     pub config: Properties,
+    /// Delete this topic from Kafka. The entry stays in git, so a deletion is
+    /// deliberate and reviewed; remove it once the topic is gone.
+    #[serde(default = "located_false", skip_serializing_if = "is_false")]
+    pub delete: Located<bool>,
+}
+
+/// Kafka's own topics start with this (`__consumer_offsets`,
+/// `__transaction_state`, …); kraftops never declares, changes or deletes them.
+pub const INTERNAL_TOPIC_PREFIX: &str = "__";
+
+/// Whether Kafka reserves a topic of this name for itself.
+pub fn is_internal_topic(name: &str) -> bool {
+    name.starts_with(INTERNAL_TOPIC_PREFIX)
 }
 
 // ------------------------------------------------------------------ users/*.yaml
@@ -820,10 +870,66 @@ pub struct UsersFile {
 #[serde(deny_unknown_fields)]
 pub struct User {
     pub name: Located<UserName>,
-    /// The name of the age-encrypted secret `secrets/<name>.age` holding the password.
+    /// The name of the age-encrypted secret `secrets/<name>.age` holding the
+    /// password. Not checked for a user marked for deletion.
     pub password_secret: Located<Name>,
     #[serde(default)]
     pub acls: Vec<Located<Acl>>,
+    /// Client quotas of this user (Kafka's user quotas, on every broker).
+    /// Quotas set in Kafka but not listed here are removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quotas: Option<Located<Quotas>>,
+    /// Delete this user from Kafka: its SCRAM credentials, ACLs and quotas.
+    /// It may then have no `acls` or `quotas`. The inter-broker and admin
+    /// users cannot be deleted.
+    #[serde(default = "located_false", skip_serializing_if = "is_false")]
+    pub delete: Located<bool>,
+}
+
+/// A user's client quotas, named as Kafka names them. A quota left out is
+/// not limited.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Quotas {
+    /// Bytes per second the user may produce to each broker (at least 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub producer_byte_rate: Option<Located<u64>>,
+    /// Bytes per second the user may fetch from each broker (at least 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub consumer_byte_rate: Option<Located<u64>>,
+    /// Percentage of one broker thread's time the user may take on each
+    /// broker's request and network threads (more than 0; above 100 spans
+    /// several threads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_percentage: Option<Located<f64>>,
+    /// Partitions per second the user may create or delete (more than 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller_mutation_rate: Option<Located<f64>>,
+}
+
+impl Quotas {
+    /// `(Kafka's quota key, value)` of every quota set.
+    pub fn entries(&self) -> Vec<(&'static str, f64, crate::located::Pos)> {
+        let mut out = Vec::new();
+        let mut whole = |key: &'static str, value: &Option<Located<u64>>| {
+            if let Some(v) = value {
+                out.push((key, v.value as f64, v.pos));
+            }
+        };
+        whole("producer_byte_rate", &self.producer_byte_rate);
+        whole("consumer_byte_rate", &self.consumer_byte_rate);
+        for (key, value) in [
+            ("request_percentage", &self.request_percentage),
+            ("controller_mutation_rate", &self.controller_mutation_rate),
+        ] {
+            if let Some(v) = value {
+                out.push((key, v.value, v.pos));
+            }
+        }
+        out
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]

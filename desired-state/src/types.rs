@@ -188,6 +188,88 @@ string_newtype!(
 );
 
 string_newtype!(
+    /// A name pattern for topics or users: the characters of a topic name,
+    /// and `*` for any run of characters (none included). `tmp-*` matches
+    /// `tmp-` and `tmp-orders`; `*-scratch` matches `a-scratch`.
+    NamePattern,
+    pattern = Some("^[a-zA-Z0-9._*-]{1,249}$"),
+    description = "a name pattern: 1 to 249 characters of [a-zA-Z0-9._-], with '*' matching any run of characters",
+    check = |s| {
+        if s.is_empty() || s.len() > 249 {
+            return Err(format!("name pattern {s:?} must be 1 to 249 characters long"));
+        }
+        if let Some(c) = s.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '*'))) {
+            return Err(format!("name pattern {s:?} contains {c:?}; only [a-zA-Z0-9._-] and '*' are allowed"));
+        }
+        Ok(())
+    }
+);
+
+impl NamePattern {
+    /// Whether `name` matches the pattern as a whole.
+    pub fn matches(&self, name: &str) -> bool {
+        glob_matches(self.as_str().as_bytes(), name.as_bytes())
+    }
+
+    /// Whether some name matches both this pattern and `other` (itself a
+    /// pattern with `*` wildcards): `tmp-*` and `*-old` share `tmp-old`.
+    pub fn overlaps(&self, other: &str) -> bool {
+        globs_intersect(self.as_str().as_bytes(), other.as_bytes())
+    }
+}
+
+/// `*`-only glob matching, linear backtracking to the last star.
+fn glob_matches(pattern: &[u8], name: &[u8]) -> bool {
+    let (mut p, mut n) = (0, 0);
+    // Where the last star was, and how much of `name` it has eaten so far.
+    let mut star: Option<(usize, usize)> = None;
+    while n < name.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p, n));
+                p += 1;
+            }
+            Some(&c) if c == name[n] => {
+                p += 1;
+                n += 1;
+            }
+            _ => match star {
+                Some((sp, sn)) => {
+                    p = sp + 1;
+                    n = sn + 1;
+                    star = Some((sp, sn + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+/// Whether two `*`-globs match a common name. `reach[i][j]`: the suffixes
+/// `a[i..]` and `b[j..]` match a common string; a star either matches
+/// nothing more or absorbs the other side's next symbol (a star absorbing
+/// a star takes whatever that star matches).
+fn globs_intersect(a: &[u8], b: &[u8]) -> bool {
+    let (n, m) = (a.len(), b.len());
+    let mut reach = vec![vec![false; m + 1]; n + 1];
+    for i in (0..=n).rev() {
+        for j in (0..=m).rev() {
+            reach[i][j] = if i == n && j == m {
+                true
+            } else if i < n && a[i] == b'*' {
+                reach[i + 1][j] || (j < m && reach[i][j + 1])
+            } else if j < m && b[j] == b'*' {
+                reach[i][j + 1] || (i < n && reach[i + 1][j])
+            } else {
+                i < n && j < m && a[i] == b[j] && reach[i + 1][j + 1]
+            };
+        }
+    }
+    reach[0][0]
+}
+
+string_newtype!(
     /// A Java properties key such as `num.io.threads`.
     PropertyKey,
     pattern = Some("^[a-zA-Z0-9][a-zA-Z0-9._-]*$"),
@@ -766,6 +848,45 @@ mod tests {
         assert!(LabelName::try_from("a.b").is_err());
         assert!(LabelName::try_from("__name__").is_err());
         assert!(LabelName::try_from("1x").is_err());
+    }
+
+    #[test]
+    fn name_patterns_match_whole_names() {
+        let p = |s: &str| NamePattern::try_from(s).expect("valid pattern");
+        assert!(p("tmp-*").matches("tmp-"));
+        assert!(p("tmp-*").matches("tmp-orders"));
+        assert!(!p("tmp-*").matches("xtmp-orders"));
+        assert!(p("*-old").matches("a-old"));
+        assert!(!p("*-old").matches("a-older"));
+        assert!(p("a*b*c").matches("abbbc"));
+        assert!(p("a*b*c").matches("abc"));
+        assert!(!p("a*b*c").matches("acb"));
+        assert!(p("exact").matches("exact"));
+        assert!(!p("exact").matches("exactly"));
+        assert!(p("*").matches(""));
+        assert!(NamePattern::try_from("a/b").is_err());
+        assert!(NamePattern::try_from("").is_err());
+    }
+
+    #[test]
+    fn name_patterns_overlap_when_they_share_a_name() {
+        let p = |s: &str| NamePattern::try_from(s).expect("valid pattern");
+        assert!(p("*").overlaps("__*"));
+        assert!(p("_*").overlaps("__*"));
+        assert!(p("*consumer_offsets").overlaps("__*"));
+        assert!(p("tmp-*").overlaps("*-old"));
+        assert!(p("*a").overlaps("*b*"));
+        assert!(!p("tmp-*").overlaps("__*"));
+        assert!(!p("a_*").overlaps("__*"));
+        assert!(!p("x*y").overlaps("x*z"));
+        // Against a plain name, overlapping is matching.
+        for (pattern, name) in [("tmp-*", "tmp-1"), ("*-x", "a-y"), ("a*", "a"), ("b", "a")] {
+            assert_eq!(
+                p(pattern).overlaps(name),
+                p(pattern).matches(name),
+                "{pattern} {name}"
+            );
+        }
     }
 
     #[test]

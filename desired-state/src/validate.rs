@@ -153,6 +153,7 @@ pub(crate) fn validate(model: &Model, notes: &LoadNotes) -> Vec<Diagnostic> {
     check_metadata_version(&mut c);
     check_aws(&mut c);
     check_rollout(&mut c);
+    check_resources(&mut c);
     c.out
 }
 
@@ -634,27 +635,53 @@ fn u16_config(
 fn check_topics(c: &mut Checker<'_>) {
     let model = c.model;
     let brokers = model.brokers().count();
-    for (file, pos, first) in duplicates(
-        model
-            .topics
-            .iter()
-            .map(|t| (t.name.as_str().to_owned(), t.file.as_str(), t.name.pos)),
-    ) {
-        c.err(
-            file,
-            pos,
-            format!("duplicate topic; first defined at {first}"),
-        );
+    // A topic declared twice is reported at every place it is declared:
+    // which one is meant is the operator's call, not the order of files.
+    let mut places: BTreeMap<&str, Vec<(&str, Pos)>> = BTreeMap::new();
+    for t in &model.topics {
+        places
+            .entry(t.name.as_str())
+            .or_default()
+            .push((t.file.as_str(), t.name.pos));
+    }
+    for (name, at) in places.iter().filter(|(_, at)| at.len() > 1) {
+        for (i, (file, pos)) in at.iter().enumerate() {
+            let others: Vec<String> = at
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, (f, p))| format!("{f}:{p}"))
+                .collect();
+            c.err(
+                file,
+                *pos,
+                format!(
+                    "topic {name} is declared more than once; also at {}",
+                    others.join(", ")
+                ),
+            );
+        }
     }
     let defaults = &model.cluster.topic_defaults;
+    let connect_topics = model.connect_storage_topics();
     for t in &model.topics {
         let file = t.file.as_str();
-        if t.name.as_str().starts_with("__") {
+        if is_internal_topic(t.name.as_str()) {
             c.err(
                 file,
                 t.name.pos,
                 format!(
                     "topic {} is internal to Kafka (names starting with __ are reserved)",
+                    *t.name
+                ),
+            );
+        }
+        if let Some((key, _)) = connect_topics.iter().find(|(_, n)| ***n == *t.name) {
+            c.err(
+                file,
+                t.name.pos,
+                format!(
+                    "topic {} is Kafka Connect's storage topic ({key} in cluster.yaml); Connect creates and owns it, so kraftops does not manage it here",
                     *t.name
                 ),
             );
@@ -723,7 +750,34 @@ fn check_users(c: &mut Checker<'_>) {
     }
     for u in &model.users {
         let file = u.file.as_str();
-        c.secret_ref(file, &u.password_secret);
+        if *u.delete {
+            // Its password is no longer needed: the secret may be gone.
+            if let Some(first) = u.acls.first() {
+                c.err(
+                    file,
+                    first.pos,
+                    format!(
+                        "user {} is marked for deletion, which deletes its ACLs too; remove its acls",
+                        *u.name
+                    ),
+                );
+            }
+            if let Some(quotas) = &u.quotas {
+                c.err(
+                    file,
+                    quotas.pos,
+                    format!(
+                        "user {} is marked for deletion, which deletes its quotas too; remove its quotas",
+                        *u.name
+                    ),
+                );
+            }
+        } else {
+            c.secret_ref(file, &u.password_secret);
+        }
+        if let Some(quotas) = &u.quotas {
+            check_quotas(c, file, quotas);
+        }
         for acl in &u.acls {
             for op in &acl.operations {
                 if !op.applies_to(acl.resource) {
@@ -748,6 +802,13 @@ fn check_users(c: &mut Checker<'_>) {
                     "a cluster ACL has no name (leave it out, or use \"*\")",
                 );
             }
+            if acl.resource == AclResource::Cluster && acl.pattern == AclPattern::Prefixed {
+                c.err(
+                    file,
+                    acl.pos,
+                    "a cluster ACL is always literal (Kafka's cluster resource is `kafka-cluster`); leave out pattern",
+                );
+            }
         }
     }
     let security = &model.cluster.security;
@@ -762,8 +823,26 @@ fn check_users(c: &mut Checker<'_>) {
     };
     must_exist(c, &security.inter_broker_user, "security.inter_broker_user");
     must_exist(c, &security.admin_user, "security.admin_user");
-    if model.nodes_with_role(Role::Connect).next().is_some() {
+    let has_connect = model.nodes_with_role(Role::Connect).next().is_some();
+    if has_connect {
         must_exist(c, &model.cluster.connect.user, "connect.user");
+    }
+    let mut needed: Vec<(&str, &Located<crate::types::UserName>)> =
+        model.protected_users().to_vec();
+    if has_connect {
+        needed.push(("connect.user", &model.cluster.connect.user));
+    }
+    for u in model.users.iter().filter(|u| *u.delete) {
+        if let Some((key, _)) = needed.iter().find(|(_, n)| ***n == *u.name) {
+            c.err(
+                u.file.as_str(),
+                u.delete.pos,
+                format!(
+                    "user {} is {key} in cluster.yaml; the cluster cannot run without it, so it cannot be deleted",
+                    *u.name
+                ),
+            );
+        }
     }
     let iterations = &security.scram_iterations;
     if !(4096..=16384).contains(&iterations.value) {
@@ -775,6 +854,99 @@ fn check_users(c: &mut Checker<'_>) {
                 iterations.value
             ),
         );
+    }
+}
+
+/// Values serde accepts but Kafka refuses or that would stop a client cold.
+fn check_quotas(c: &mut Checker<'_>, file: &str, quotas: &Quotas) {
+    for (key, value) in [
+        ("producer_byte_rate", &quotas.producer_byte_rate),
+        ("consumer_byte_rate", &quotas.consumer_byte_rate),
+    ] {
+        if let Some(v) = value {
+            if v.value == 0 {
+                c.err(
+                    file,
+                    v.pos,
+                    format!("quota {key} must be at least 1 (bytes per second)"),
+                );
+            } else if v.value > i64::MAX as u64 {
+                c.err(
+                    file,
+                    v.pos,
+                    format!(
+                        "quota {key} {} is larger than Kafka allows ({})",
+                        v.value,
+                        i64::MAX
+                    ),
+                );
+            }
+        }
+    }
+    for (key, value) in [
+        ("request_percentage", &quotas.request_percentage),
+        ("controller_mutation_rate", &quotas.controller_mutation_rate),
+    ] {
+        if let Some(v) = value
+            && !(v.value.is_finite() && v.value > 0.0)
+        {
+            c.err(
+                file,
+                v.pos,
+                format!("quota {key} must be a number above 0, got {}", v.value),
+            );
+        }
+    }
+}
+
+/// `resources.prune`: patterns that could delete what the cluster needs
+/// are refused, whatever git lists today.
+fn check_resources(c: &mut Checker<'_>) {
+    let model = c.model;
+    let prune = &model.cluster.resources.prune;
+    let internal = format!("{INTERNAL_TOPIC_PREFIX}*");
+    for pattern in &prune.topics {
+        if pattern.overlaps(&internal) {
+            c.err(
+                CLUSTER,
+                pattern.pos,
+                format!(
+                    "prune pattern {} could match Kafka's internal topics ({internal}); make it narrower",
+                    **pattern
+                ),
+            );
+        }
+        let connect: Vec<String> = model
+            .connect_storage_topics()
+            .into_iter()
+            .filter(|(_, topic)| pattern.matches(topic.as_str()))
+            .map(|(key, topic)| format!("{} ({key})", **topic))
+            .collect();
+        if !connect.is_empty() {
+            c.err(
+                CLUSTER,
+                pattern.pos,
+                format!(
+                    "prune pattern {} matches {}: Kafka Connect's own storage; make it narrower",
+                    **pattern,
+                    connect.join(", ")
+                ),
+            );
+        }
+    }
+    for pattern in &prune.users {
+        for (key, user) in model.protected_users() {
+            if pattern.matches(user.as_str()) {
+                c.err(
+                    CLUSTER,
+                    pattern.pos,
+                    format!(
+                        "prune pattern {} matches {}, the {key}; the cluster cannot run without it",
+                        **pattern, **user
+                    ),
+                );
+            }
+        }
     }
 }
 

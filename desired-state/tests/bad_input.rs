@@ -157,7 +157,7 @@ fn unclosed_bracket_in_users_is_not_followed_by_undefined_users() {
     assert_problems(
         &repo,
         &[
-            "users/platform.yaml:24:9: illegal placement of ':' indicator; the `[` at 23:21 is still open here",
+            "users/platform.yaml:28:9: illegal placement of ':' indicator; the `[` at 27:21 is still open here",
         ],
     );
 }
@@ -204,7 +204,7 @@ fn unknown_key_in_a_topic() {
     assert_problems(
         &repo,
         &[
-            "topics/app.yaml:11:5: unknown field `partitons`, expected one of name, partitions, replication_factor, config",
+            "topics/app.yaml:11:5: unknown field `partitons`, expected one of name, partitions, replication_factor, config, delete",
         ],
     );
 }
@@ -219,7 +219,7 @@ fn unknown_key_in_an_acl() {
     assert_problems(
         &repo,
         &[
-            "users/platform.yaml:22:9: unknown field `patern`, expected one of resource, name, pattern, operations, permission, host",
+            "users/platform.yaml:26:9: unknown field `patern`, expected one of resource, name, pattern, operations, permission, host",
         ],
     );
 }
@@ -227,14 +227,14 @@ fn unknown_key_in_an_acl() {
 #[test]
 fn unknown_key_in_a_connector() {
     let repo = seed().replace(
-        "connectors/datagen.yaml",
+        "connectors/file-source.yaml",
         "    state: running\n",
         "    status: running\n",
     );
     assert_problems(
         &repo,
         &[
-            "connectors/datagen.yaml:6:5: unknown field `status`, expected one of name, state, config",
+            "connectors/file-source.yaml:8:5: unknown field `status`, expected one of name, state, config",
         ],
     );
 }
@@ -279,7 +279,7 @@ fn unknown_acl_operation() {
     assert_problems(
         &repo,
         &[
-            "users/platform.yaml:19:28: unknown variant `wirte`, expected one of all, read, write, create, delete, alter, describe, cluster_action, describe_configs, alter_configs, idempotent_write",
+            "users/platform.yaml:23:28: unknown variant `wirte`, expected one of all, read, write, create, delete, alter, describe, cluster_action, describe_configs, alter_configs, idempotent_write",
         ],
     );
 }
@@ -694,7 +694,10 @@ fn duplicate_topic_across_files() {
     );
     assert_problems(
         &repo,
-        &["topics/more.yaml:4:11: duplicate topic; first defined at topics/app.yaml:4:11"],
+        &[
+            "topics/app.yaml:4:11: topic topic-1 is declared more than once; also at topics/more.yaml:4:11",
+            "topics/more.yaml:4:11: topic topic-1 is declared more than once; also at topics/app.yaml:4:11",
+        ],
     );
 }
 
@@ -856,13 +859,13 @@ fn missing_ca_certificate() {
 #[test]
 fn connector_without_class() {
     let repo = seed().replace(
-        "connectors/datagen.yaml",
-        "      connector.class: org.apache.kafka.connect.tools.VerifiableSourceConnector\n",
+        "connectors/file-source.yaml",
+        "      connector.class: org.apache.kafka.connect.file.FileStreamSourceConnector\n",
         "",
     );
     assert_problems(
         &repo,
-        &["connectors/datagen.yaml:5:5: connector datagen-users needs config.connector.class"],
+        &["connectors/file-source.yaml:7:5: connector cluster-hosts needs config.connector.class"],
     );
 }
 
@@ -878,7 +881,7 @@ fn connector_without_a_connect_node() {
     assert_problems(
         &repo,
         &[
-            "connectors/datagen.yaml:5:11: connector datagen-users is defined but nodes.yaml has no connect node to run it",
+            "connectors/file-source.yaml:7:11: connector cluster-hosts is defined but nodes.yaml has no connect node to run it",
         ],
     );
 }
@@ -895,7 +898,7 @@ fn acl_operation_that_does_not_apply() {
     assert_problems(
         &repo,
         &[
-            "users/platform.yaml:38:29: operation idempotent_write does not apply to a topic resource",
+            "users/platform.yaml:42:29: operation idempotent_write does not apply to a topic resource",
         ],
     );
 }
@@ -1014,7 +1017,7 @@ fn problems_in_different_files_are_reported_together() {
             "    password_secret: client-pasword\n",
         )
         .replace(
-            "connectors/datagen.yaml",
+            "connectors/file-source.yaml",
             "    state: running\n",
             "    state: sleeping\n",
         )
@@ -1032,7 +1035,7 @@ fn problems_in_different_files_are_reported_together() {
         &repo,
         &[
             "cluster.yaml:38:21: scram_iterations 100 is outside what Kafka accepts (4096 to 16384)",
-            "connectors/datagen.yaml:6:12: unknown variant `sleeping`, expected one of running, paused, stopped",
+            "connectors/file-source.yaml:8:12: unknown variant `sleeping`, expected one of running, paused, stopped",
             "nodes.yaml:18:14: duplicate node_id; already used by the node at nodes.yaml:6:14",
             "topics/app.yaml:5:17: expected a whole number from 0 to 4294967295, found `six`",
             "topics/notes.md: unexpected file in topics/: only *.yaml files belong here",
@@ -1289,6 +1292,264 @@ fn a_valid_rollout_policy_loads() {
     assert_eq!(rollout.maintenance_windows.len(), 2);
     assert_eq!(rollout.maintenance_windows[1].start.minutes(), 150);
     assert!(rollout.maintenance_windows[1].days.is_empty());
+}
+
+// ------------------------------------------------------------ cluster-scope resources
+
+#[test]
+fn the_example_prunes_and_limits() {
+    let model = load_files(&seed().0).unwrap_or_else(|d| panic!("{d}"));
+    let prune = &model.cluster.resources.prune;
+    assert_eq!(
+        prune.topics.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
+        ["scratch-*"]
+    );
+    let client = model
+        .users
+        .iter()
+        .find(|u| u.name.as_str() == "client")
+        .expect("client");
+    let quotas = client.quotas.as_ref().expect("client has quotas");
+    assert_eq!(
+        quotas
+            .entries()
+            .iter()
+            .map(|(k, v, _)| (*k, *v))
+            .collect::<Vec<_>>(),
+        [
+            ("producer_byte_rate", 10_485_760.0),
+            ("consumer_byte_rate", 20_971_520.0)
+        ]
+    );
+    assert!(!*client.delete);
+}
+
+#[test]
+fn topic_with_zero_partitions() {
+    let repo = seed().replace(
+        "topics/app.yaml",
+        "    partitions: 6\n",
+        "    partitions: 0\n",
+    );
+    assert_problems(
+        &repo,
+        &["topics/app.yaml:5:17: partitions must be at least 1"],
+    );
+}
+
+#[test]
+fn topic_marked_for_deletion_loads() {
+    let repo = seed().replace(
+        "topics/app.yaml",
+        "    partitions: 3\n",
+        "    partitions: 3\n    delete: true\n",
+    );
+    let model = load_files(&repo.0).unwrap_or_else(|d| panic!("{d}"));
+    let deleted: Vec<&str> = model
+        .topics
+        .iter()
+        .filter(|t| *t.delete)
+        .map(|t| t.name.as_str())
+        .collect();
+    assert_eq!(deleted, ["test-topic"]);
+}
+
+#[test]
+fn topic_delete_is_a_boolean() {
+    let repo = seed().replace(
+        "topics/app.yaml",
+        "    partitions: 3\n",
+        "    partitions: 3\n    delete: yes please\n",
+    );
+    assert_problems(
+        &repo,
+        &["topics/app.yaml:12:13: expected true or false, found `yes please`"],
+    );
+}
+
+#[test]
+fn connect_storage_topic_declared() {
+    let repo = seed().replace(
+        "topics/app.yaml",
+        "  - name: test-topic\n",
+        "  - name: connect-offsets\n",
+    );
+    assert_problems(
+        &repo,
+        &[
+            "topics/app.yaml:10:11: topic connect-offsets is Kafka Connect's storage topic (connect.offset_topic in cluster.yaml); Connect creates and owns it, so kraftops does not manage it here",
+        ],
+    );
+}
+
+#[test]
+fn prune_pattern_that_could_match_internal_topics() {
+    let repo = seed().replace(
+        "cluster.yaml",
+        "    topics: [\"scratch-*\"]\n",
+        "    topics: [\"scratch-*\", \"*-old\", \"_*\", \"a_*\"]\n",
+    );
+    assert_problems(
+        &repo,
+        &[
+            "cluster.yaml:135:27: prune pattern *-old could match Kafka's internal topics (__*); make it narrower",
+            "cluster.yaml:135:36: prune pattern _* could match Kafka's internal topics (__*); make it narrower",
+        ],
+    );
+}
+
+#[test]
+fn prune_pattern_that_matches_connect_storage() {
+    let repo = seed().replace(
+        "cluster.yaml",
+        "    topics: [\"scratch-*\"]\n",
+        "    topics: [connect-*]\n",
+    );
+    assert_problems(
+        &repo,
+        &[
+            "cluster.yaml:135:14: prune pattern connect-* matches connect-configs (connect.config_topic), connect-offsets (connect.offset_topic), connect-status (connect.status_topic): Kafka Connect's own storage; make it narrower",
+        ],
+    );
+}
+
+#[test]
+fn prune_pattern_that_matches_a_protected_user() {
+    let repo = seed().replace(
+        "cluster.yaml",
+        "    users: []\n",
+        "    users: [temp-*, adm*]\n",
+    );
+    assert_problems(
+        &repo,
+        &[
+            "cluster.yaml:136:21: prune pattern adm* matches admin, the security.admin_user; the cluster cannot run without it",
+        ],
+    );
+}
+
+#[test]
+fn bad_prune_pattern() {
+    let repo = seed().replace(
+        "cluster.yaml",
+        "    users: []\n",
+        "    users: [\"temp/*\"]\n",
+    );
+    assert_problems(
+        &repo,
+        &[
+            "cluster.yaml:136:13: name pattern \"temp/*\" contains '/'; only [a-zA-Z0-9._-] and '*' are allowed",
+        ],
+    );
+}
+
+#[test]
+fn protected_users_marked_for_deletion() {
+    let repo = seed()
+        .replace(
+            "users/platform.yaml",
+            "    password_secret: admin-password\n",
+            "    password_secret: admin-password\n    delete: true\n",
+        )
+        .replace(
+            "users/platform.yaml",
+            "    password_secret: kafka-connect-password\n    acls:\n",
+            "    password_secret: kafka-connect-password\n    delete: true\n    acls:\n",
+        );
+    assert_problems(
+        &repo,
+        &[
+            "users/platform.yaml:11:13: user admin is security.admin_user in cluster.yaml; the cluster cannot run without it, so it cannot be deleted",
+            "users/platform.yaml:31:13: user kafka_connect is connect.user in cluster.yaml; the cluster cannot run without it, so it cannot be deleted",
+            "users/platform.yaml:34:9: user kafka_connect is marked for deletion, which deletes its ACLs too; remove its acls",
+        ],
+    );
+}
+
+#[test]
+fn acls_and_quotas_of_a_user_marked_for_deletion() {
+    let repo = seed().replace(
+        "users/platform.yaml",
+        "    password_secret: client-password\n",
+        "    password_secret: client-password\n    delete: true\n",
+    );
+    assert_problems(
+        &repo,
+        &[
+            "users/platform.yaml:16:7: user client is marked for deletion, which deletes its quotas too; remove its quotas",
+            "users/platform.yaml:19:9: user client is marked for deletion, which deletes its ACLs too; remove its acls",
+        ],
+    );
+}
+
+#[test]
+fn a_user_marked_for_deletion_needs_no_secret() {
+    let text = seed().text("users/platform.yaml");
+    let client_start = text.find("  - name: client\n").expect("client");
+    let connect_start = text
+        .find("  - name: kafka_connect\n")
+        .expect("kafka_connect");
+    let repo = seed().replace(
+        "users/platform.yaml",
+        &text[client_start..connect_start],
+        "  - name: client\n    password_secret: gone-password\n    delete: true\n",
+    );
+    let problems = repo.problems();
+    assert!(problems.is_empty(), "{}", repo.explain(&problems));
+    let model = load_files(&repo.0).unwrap_or_else(|d| panic!("{d}"));
+    assert!(
+        model
+            .users
+            .iter()
+            .any(|u| u.name.as_str() == "client" && *u.delete)
+    );
+}
+
+#[test]
+fn quotas_out_of_range() {
+    let repo = seed().replace(
+        "users/platform.yaml",
+        "      consumer_byte_rate: 20971520\n",
+        "      consumer_byte_rate: 0\n      request_percentage: -5\n      controller_mutation_rate: .inf\n",
+    );
+    assert_problems(
+        &repo,
+        &[
+            "users/platform.yaml:16:27: quota consumer_byte_rate must be at least 1 (bytes per second)",
+            "users/platform.yaml:17:27: quota request_percentage must be a number above 0, got -5",
+            "users/platform.yaml:18:33: quota controller_mutation_rate must be a number above 0, got inf",
+        ],
+    );
+}
+
+#[test]
+fn unknown_quota() {
+    let repo = seed().replace(
+        "users/platform.yaml",
+        "      consumer_byte_rate: 20971520\n",
+        "      consumer_rate: 20971520\n",
+    );
+    assert_problems(
+        &repo,
+        &[
+            "users/platform.yaml:16:7: unknown field `consumer_rate`, expected one of producer_byte_rate, consumer_byte_rate, request_percentage, controller_mutation_rate",
+        ],
+    );
+}
+
+#[test]
+fn prefixed_cluster_acl() {
+    let repo = seed().replace(
+        "users/platform.yaml",
+        "      - resource: cluster\n",
+        "      - resource: cluster\n        pattern: prefixed\n",
+    );
+    assert_problems(
+        &repo,
+        &[
+            "users/platform.yaml:43:9: a cluster ACL is always literal (Kafka's cluster resource is `kafka-cluster`); leave out pattern",
+        ],
+    );
 }
 
 // ---------------------------------------------------------- metadata.version

@@ -71,15 +71,19 @@ pub(crate) fn render(ctx: &Ctx<'_>, plan: &mut Plan) -> Result<(), RenderError> 
         "rest.advertised.port",
         ports.connect_rest.to_string(),
     );
-    set(
-        &mut props,
-        "plugin.path",
-        spec.plugin_path
-            .iter()
-            .map(|p| p.as_str())
-            .collect::<Vec<_>>()
-            .join(","),
-    );
+    // The FileStream connectors ship in Apache's tarball but, as in
+    // Apache's own scripts, off the worker's classpath: Connect finds them
+    // through plugin.path (the jar's name carries the version, so an
+    // upgrade renders the new one).
+    let mut plugin_path: Vec<String> = spec.plugin_path.iter().map(ToString::to_string).collect();
+    if let desired_state::Distribution::Tarball { .. } = &cluster.kafka.distribution.value {
+        plugin_path.push(format!(
+            "{}/libs/connect-file-{}.jar",
+            cluster.kafka.install_dir.as_str(),
+            cluster.kafka.version.as_str()
+        ));
+    }
+    set(&mut props, "plugin.path", plugin_path.join(","));
     // Sink connectors fetch from a replica in the worker's own AZ.
     set(&mut props, "consumer.client.rack", ctx.node.az.as_str());
     kafka::file_config_provider(&mut props);

@@ -12,6 +12,9 @@
 //!
 //! [`cloud_init::user_data`] renders what a new machine boots with: the
 //! cloud-init user-data that installs and starts the agent.
+//!
+//! [`resources::plan`] is the coordinator's pure planner for the cluster's
+//! topics, SCRAM users, ACLs and quotas: git against what Kafka reports.
 
 pub mod broker;
 pub mod cloud_init;
@@ -24,6 +27,7 @@ pub mod layout;
 pub mod observability;
 mod plan;
 pub mod properties;
+pub mod resources;
 pub mod scram;
 pub mod systemd;
 

@@ -240,8 +240,8 @@ fn kafka_service_waits_for_controlled_shutdown() {
         assert_eq!(one(u, "User"), "kafka");
         assert_eq!(one(u, "EnvironmentFile"), layout::KAFKA_ENV);
         assert_eq!(
-            one(u, "ExecStart"),
-            "/opt/kafka/bin/kafka-server-start.sh /etc/kafka/server.properties"
+            started_script(one(u, "ExecStart")),
+            "/opt/kafka-resolved/bin/kafka-server-start.sh /etc/kafka/server.properties"
         );
         assert_eq!(one(u, "TimeoutStopSec"), "600");
         assert_eq!(one(u, "SuccessExitStatus"), "143");
@@ -537,7 +537,10 @@ fn connect_worker_properties() {
             ("key.converter.schemas.enable", "false"),
             ("listeners", "http://10.0.1.31:8083"),
             ("rest.advertised.host.name", "connect-1.kafka.internal"),
-            ("plugin.path", "/opt/kafka-connect/plugins"),
+            (
+                "plugin.path",
+                "/opt/kafka-connect/plugins,/opt/kafka/libs/connect-file-4.1.1.jar",
+            ),
             ("consumer.client.rack", "eu-central-1a"),
             ("config.providers", "file"),
             (
@@ -580,8 +583,8 @@ fn connect_worker_properties() {
         .expect("kafka-connect.service");
     assert!(connect.enable && connect.start && connect.kafka);
     assert_eq!(
-        one(&connect.contents, "ExecStart"),
-        "/opt/kafka/bin/connect-distributed.sh /etc/kafka/connect-distributed.properties"
+        started_script(one(&connect.contents, "ExecStart")),
+        "/opt/kafka-resolved/bin/connect-distributed.sh /etc/kafka/connect-distributed.properties"
     );
     assert_eq!(one(&connect.contents, "User"), "kafka");
     assert!(plan.unit(layout::KAFKA_UNIT).is_none() && plan.unit(layout::FORMAT_UNIT).is_none());
@@ -1351,4 +1354,75 @@ fn grafana_can_be_turned_off() {
         render(&model, &secrets, "broker-1"),
         example_plan("broker-1")
     );
+}
+
+/// Splits an `ExecStart=` line into words the way systemd does for what
+/// kraftops renders: double-quoted words with `\"` and `\\` escapes, `$$`
+/// for a literal `$`.
+fn systemd_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut chars = line.chars().peekable();
+    loop {
+        while chars.peek() == Some(&' ') {
+            chars.next();
+        }
+        let Some(&first) = chars.peek() else {
+            return words;
+        };
+        let mut word = String::new();
+        if first == '"' {
+            chars.next();
+            while let Some(c) = chars.next() {
+                match c {
+                    '"' => break,
+                    '\\' => word.extend(chars.next()),
+                    c => word.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == ' ' {
+                    break;
+                }
+                word.push(c);
+                chars.next();
+            }
+        }
+        words.push(word.replace("$$", "$"));
+    }
+}
+
+/// Runs a rendered Kafka `ExecStart=` with a real `/bin/sh` against a
+/// fake install: `/opt/kafka` replaced by a symlink in a temp directory
+/// pointing at a version directory whose script prints how it was called.
+/// Returns that, with the temp directory shown as `/opt`: the script must be
+/// started through the resolved version directory, not the symlink.
+fn started_script(exec_start: &str) -> String {
+    let words = systemd_words(exec_start);
+    let temp = tempfile::tempdir().expect("tempdir");
+    let opt = temp.path();
+    let version_dir = opt.join("kafka-resolved");
+    std::fs::create_dir_all(version_dir.join("bin")).expect("bin");
+    for script in ["kafka-server-start.sh", "connect-distributed.sh"] {
+        let path = version_dir.join("bin").join(script);
+        std::fs::write(&path, "#!/bin/sh\necho \"$0 $*\"\n").expect("script");
+        let mut perms = std::fs::metadata(&path).expect("meta").permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+        std::fs::set_permissions(&path, perms).expect("chmod");
+    }
+    std::os::unix::fs::symlink(&version_dir, opt.join("kafka")).expect("symlink");
+    let fake = opt.join("kafka").display().to_string();
+    let words: Vec<String> = words
+        .iter()
+        .map(|w| w.replace("/opt/kafka", &fake))
+        .collect();
+    assert_eq!(words[0], "/bin/sh", "{exec_start}");
+    let out = std::process::Command::new(&words[0])
+        .args(&words[1..])
+        .output()
+        .expect("running /bin/sh");
+    assert!(out.status.success(), "{exec_start}: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .replace(&opt.display().to_string(), "/opt")
 }

@@ -215,7 +215,10 @@ fn kafka_version(files: &FileSet) -> Option<String> {
 /// its version matches, else `kafka_2.13-<version>.tgz` beside it (what
 /// `scripts/kafka-dist --version <version>` writes). So a pushed version
 /// upgrade installs that version on every node, as a download would.
-fn kafka_for_version(files: &FileSet, artifacts: &LocalArtifacts) -> anyhow::Result<LocalArtifacts> {
+fn kafka_for_version(
+    files: &FileSet,
+    artifacts: &LocalArtifacts,
+) -> anyhow::Result<LocalArtifacts> {
     let Some(version) = kafka_version(files) else {
         // The loader reports a missing or malformed version.
         return Ok(artifacts.clone());
@@ -1155,7 +1158,8 @@ mod tests {
             .expect_err("no 4.3.0 tarball")
             .to_string();
         assert!(
-            missing.contains("Kafka 4.3.0") && missing.contains("scripts/kafka-dist --version 4.3.0"),
+            missing.contains("Kafka 4.3.0")
+                && missing.contains("scripts/kafka-dist --version 4.3.0"),
             "{missing}"
         );
     }

@@ -390,7 +390,7 @@ pub struct LiveOutcome {
 
 /// The leaf certificate (DER) a TLS server at `host:port` presents,
 /// verified against `ca_pem`.
-fn served_certificate(host: &str, port: u16, ca_pem: &str) -> Result<Vec<u8>, String> {
+pub fn served_certificate(host: &str, port: u16, ca_pem: &str) -> Result<Vec<u8>, String> {
     use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject as _};
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
