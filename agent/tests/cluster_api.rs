@@ -457,9 +457,11 @@ async fn writes_answer_with_the_git_edit_to_make() {
     conforms(&doc, "delete", "/topics/{name}", 409, &body);
     assert_eq!(body["edit"]["file"], "topics/app.yaml");
     assert_eq!(body["edit"]["action"], "mark_for_deletion");
-    let yaml = body["edit"]["yaml"].as_str().expect("yaml");
-    assert!(yaml.contains("delete: true"), "{yaml}");
-    assert!(yaml.contains("name: test-topic"), "{yaml}");
+    let file = topics_yaml(&body["edit"]);
+    let topic = &file.topics[0].value;
+    assert_eq!(topic.name.as_str(), "test-topic");
+    assert!(topic.delete.value, "marked for deletion");
+    assert_eq!(topic.partitions.value, 3, "the rest of the entry kept");
 }
 
 #[tokio::test]

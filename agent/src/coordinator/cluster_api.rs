@@ -776,7 +776,7 @@ impl TopicEntry {
             partitions: declared.partitions,
             replication_factor: declared.replication_factor,
             config: declared.config,
-            delete: false,
+            delete: topic.delete.value,
         }
     }
 
@@ -995,7 +995,8 @@ async fn put_topic(
         format!("{NO_PUSH}: replace topic {name}'s entry in {file} with this one")
     } else {
         format!(
-            "{NO_PUSH}: topic {name} is not declared in git; add this entry to a file under topics/"
+            "{NO_PUSH}: topic {name} is not declared in git; add this entry to a file under topics/ \
+             (list every config it should keep: once declared, configs set in Kafka and not listed are removed)"
         )
     };
     Err(ApiFailure::edit_git(
