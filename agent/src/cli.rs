@@ -57,6 +57,17 @@ enum Command {
         #[arg(long)]
         role: Option<String>,
     },
+    /// Print the cluster's status from the coordinator: nodes, rollout,
+    /// topics and connectors, as tables for a terminal.
+    Status {
+        /// This node's agent.yaml, naming the coordinator and how to reach it.
+        #[arg(long, default_value = "/etc/kraftops/agent.yaml")]
+        config: PathBuf,
+        /// Read this coordinator instead (plain HTTP, e.g.
+        /// `http://127.0.0.1:7070`), without an agent.yaml.
+        #[arg(long)]
+        coordinator: Option<String>,
+    },
     /// Create a new desired-state repository from a template.
     Init(InitArgs),
     /// The whole cluster on this machine: systemd-nspawn nodes, real Kafka.
@@ -133,6 +144,10 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<ExitCode>
         }
         Command::Init(args) => init(&args),
         Command::Resume { config, role } => resume(&config, role.as_deref()),
+        Command::Status {
+            config,
+            coordinator,
+        } => status(&config, coordinator.as_deref()),
         Command::Local(args) => crate::local::cli::run(args),
     }
 }
@@ -154,6 +169,34 @@ fn resume(config: &Path, role: Option<&str>) -> anyhow::Result<ExitCode> {
         };
         writeln!(out, "{:<14} {state}", r.role)?;
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `status`: nodes and rollout must come from the coordinator; topics and
+/// connectors are shown as unavailable when the cluster API cannot answer
+/// (Kafka down), so the rest of the table still helps.
+fn status(config: &Path, coordinator: Option<&str>) -> anyhow::Result<ExitCode> {
+    use std::io::IsTerminal as _;
+    let client = match coordinator {
+        Some(url) => crate::daemon::client::CoordinatorClient::new(url, "status", ""),
+        None => {
+            let config = kraftops_agent_config(config)?;
+            crate::daemon::reconcile::coordinator_client(&config)
+                .context("reaching the coordinator")?
+                .context("agent.yaml names no coordinator")?
+        }
+    };
+    let snapshot = crate::coordinator::status_view::StatusSnapshot {
+        cluster: String::new(),
+        now: crate::certs::unix_now(),
+        nodes: client.nodes().context("reading the nodes")?,
+        rollout: client.rollout().context("reading the rollout")?,
+        topics: client.topics().map_err(|e| crate::error_chain(&e)),
+        connectors: client.connectors().map_err(|e| crate::error_chain(&e)),
+    };
+    let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let table = crate::coordinator::status_view::render_table(&snapshot, colour);
+    std::io::stdout().lock().write_all(table.as_bytes())?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -61,6 +61,8 @@ pub fn router(state: Arc<Coordinator>) -> Router {
         .route("/v1/nudge", post(post_nudge))
         .route("/v1/hooks/git", post(git_webhook))
         .route("/v1/alerts", get(list_alerts).post(post_alerts))
+        .route("/", get(super::status_view::page))
+        .merge(super::cluster_api::routes())
         .fallback(|| async { Refusal::NoSuchEndpoint })
         .method_not_allowed_fallback(|| async { Refusal::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -18,12 +18,14 @@ mod alerts;
 mod auth;
 mod clock;
 pub mod cluster;
+pub mod cluster_api;
 mod http;
 mod leases;
 mod refusal;
 pub mod resources;
 mod rollout;
 pub mod service;
+pub mod status_view;
 pub mod tls;
 
 use std::collections::BTreeMap;

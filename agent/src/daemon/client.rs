@@ -80,10 +80,16 @@ impl std::fmt::Debug for CoordinatorClient {
     }
 }
 
+/// The message of an error body: the coordinator protocol's `ApiError`,
+/// or the cluster API's `{"error": {"code", "message"}}`.
 fn message(body: &str) -> String {
-    serde_json::from_str::<crate::protocol::ApiError>(body)
-        .map(|e| e.error)
-        .unwrap_or_else(|_| body.chars().take(200).collect())
+    if let Ok(e) = serde_json::from_str::<crate::protocol::ApiError>(body) {
+        return e.error;
+    }
+    if let Ok(e) = serde_json::from_str::<crate::coordinator::cluster_api::ErrorBody>(body) {
+        return format!("{} ({})", e.error.message, e.error.code);
+    }
+    body.chars().take(200).collect()
 }
 
 impl CoordinatorClient {
@@ -547,6 +553,18 @@ impl CoordinatorClient {
     /// `GET /v1/rollout` (blocking).
     pub fn rollout(&self) -> Result<RolloutView, ClientError> {
         self.get_blocking("/v1/rollout", || "the rollout view".to_owned())
+    }
+
+    /// `GET /topics` of the cluster API (blocking).
+    pub fn topics(&self) -> Result<crate::coordinator::cluster_api::TopicList, ClientError> {
+        self.get_blocking("/topics", || "the topic list".to_owned())
+    }
+
+    /// `GET /connectors` of the cluster API (blocking).
+    pub fn connectors(
+        &self,
+    ) -> Result<crate::coordinator::cluster_api::ConnectorList, ClientError> {
+        self.get_blocking("/connectors", || "the connector list".to_owned())
     }
 
     /// `POST /v1/nodes/{node}/status`.

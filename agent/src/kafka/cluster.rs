@@ -540,8 +540,10 @@ pub struct GroupMember {
 }
 
 /// The calls a coordinator makes to reconcile cluster-scope resources and
-/// answer the cluster API. Every call asks Kafka afresh.
-pub trait ClusterAdmin: Send + Sync {
+/// answer the cluster API. Every call asks Kafka afresh. It includes
+/// [`super::KafkaAdmin`] (metadata, describe-cluster, topic configs,
+/// quorum), so the coordinator's one client answers the cluster API too.
+pub trait ClusterAdmin: super::KafkaAdmin + Send + Sync {
     /// Features from `ApiVersions` of one node: what it supports and the
     /// finalized levels (`metadata.version` among them).
     fn describe_features(&self) -> Result<FeatureDescription, KafkaError>;
