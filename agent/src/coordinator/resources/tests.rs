@@ -162,6 +162,49 @@ fn not_scripted(api: &str) -> KafkaError {
     KafkaError::Config(format!("{api} is not scripted in this test"))
 }
 
+/// Only `metadata` is scripted (the resource writer reads topics through
+/// [`ResourceAdmin::cluster_metadata`]); the rest is not used here.
+impl crate::kafka::KafkaAdmin for FakeKafka {
+    fn metadata(&self) -> Result<ClusterMetadata, KafkaError> {
+        self.cluster_metadata()
+    }
+    fn describe_cluster(&self) -> Result<crate::kafka::ClusterDescription, KafkaError> {
+        Err(not_scripted("DescribeCluster"))
+    }
+    fn broker_configs(&self, _node_id: i32) -> Result<Vec<ConfigEntry>, KafkaError> {
+        Err(not_scripted("DescribeConfigs"))
+    }
+    fn topic_configs(
+        &self,
+        _topics: &[String],
+        _keys: &[&str],
+    ) -> Result<
+        std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
+        KafkaError,
+    > {
+        Err(not_scripted("DescribeConfigs"))
+    }
+    fn alter_broker_configs(
+        &self,
+        _node_id: i32,
+        _ops: &[crate::kafka::ConfigOp],
+    ) -> Result<(), KafkaError> {
+        Err(not_scripted("IncrementalAlterConfigs"))
+    }
+    fn describe_quorum(&self) -> Result<crate::kafka::QuorumInfo, KafkaError> {
+        Err(not_scripted("DescribeQuorum"))
+    }
+    fn elect_preferred_leaders(
+        &self,
+        _partitions: &[TopicPartition],
+    ) -> Result<Vec<(TopicPartition, String)>, KafkaError> {
+        Err(not_scripted("ElectLeaders"))
+    }
+    fn reassignments(&self) -> Result<Vec<TopicPartition>, KafkaError> {
+        Err(not_scripted("ListPartitionReassignments"))
+    }
+}
+
 impl ResourceAdmin for FakeKafka {
     fn cluster_metadata(&self) -> Result<ClusterMetadata, KafkaError> {
         self.down()?;
