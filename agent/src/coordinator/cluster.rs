@@ -164,6 +164,9 @@ struct Work {
     resources: ResourceWriter,
     connect: Option<(String, ConnectClient)>,
     restarts: RestartMemory,
+    /// The last raise this run made (`raised from … to … at <unix s>`),
+    /// shown while Kafka stays at that level.
+    last_raise: Option<(u16, String)>,
 }
 
 impl Work {
@@ -262,7 +265,14 @@ impl Work {
         };
         view.finalized_level = Some(finalized);
         match metadata_step(desired, finalized) {
-            MetadataStep::AtLevel => view.state = "at_level".to_owned(),
+            MetadataStep::AtLevel => {
+                view.state = "at_level".to_owned();
+                view.detail = self
+                    .last_raise
+                    .as_ref()
+                    .filter(|(level, _)| *level == finalized)
+                    .map(|(_, text)| text.clone());
+            }
             MetadataStep::Above => {
                 view.state = "above".to_owned();
                 view.detail = Some(format!(
@@ -287,11 +297,13 @@ impl Work {
                             "raised metadata.version"
                         );
                         view.state = "at_level".to_owned();
-                        view.detail = Some(format!(
-                            "raised from {} to {}",
+                        let text = format!(
+                            "raised from {} to {} at {now}",
                             level_name(finalized),
                             level_name(desired)
-                        ));
+                        );
+                        self.last_raise = Some((desired, text.clone()));
+                        view.detail = Some(text);
                         view.finalized_level = Some(desired);
                     }
                     Err(e) => {
@@ -377,6 +389,7 @@ pub fn run(
         resources: ResourceWriter::open(digest_record),
         connect: None,
         restarts: RestartMemory::default(),
+        last_raise: None,
     };
     loop {
         match heads.recv_timeout(TICK) {
