@@ -539,20 +539,20 @@ fn kafka_cmdline(state: &ClusterState, node: &str) -> String {
 /// The certificate a broker's client listener serves, verified against the
 /// cluster CA by a TLS handshake from the host (the agent's own check):
 /// its SHA-256 fingerprint (12 hex digits) and notAfter (Unix s).
-fn served_certificate(address: std::net::Ipv4Addr, ca_pem: &str) -> (String, u64) {
+fn served_certificate(address: std::net::Ipv4Addr, ca_pem: &str) -> Result<(String, u64), String> {
     use base64::Engine as _;
     use sha2::Digest as _;
     let der = kraftops_agent::rollout::served_certificate(&address.to_string(), 9092, ca_pem)
-        .unwrap_or_else(|e| panic!("{address}:9092: {e}"));
+        .map_err(|e| format!("{address}:9092: {e}"))?;
     let pem = format!(
         "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
         base64::engine::general_purpose::STANDARD.encode(&der)
     );
     let info = kraftops_agent::certs::inspect(&pem).expect("a certificate Kafka served");
-    (
+    Ok((
         hex::encode(sha2::Sha256::digest(&der))[..12].to_owned(),
         info.not_after,
-    )
+    ))
 }
 
 /// An idempotent producer (acks=all) on connect-1 writing numbered records
@@ -1881,7 +1881,10 @@ fn the_example_cluster_comes_up_healthy_and_secure() {
     let before_rotation = started_at(&state, &brokers, "kafka.service");
     let first: std::collections::BTreeMap<String, (String, u64)> = broker_addresses
         .iter()
-        .map(|(b, a)| (b.clone(), served_certificate(*a, &model.ca_certificate)))
+        .map(|(b, a)| {
+            let served = served_certificate(*a, &model.ca_certificate);
+            (b.clone(), served.unwrap_or_else(|e| panic!("{e}")))
+        })
         .collect();
     let load = Load::start(&state, "e2e-rotation");
     let rotation_started = Instant::now();
@@ -1893,6 +1896,7 @@ fn the_example_cluster_comes_up_healthy_and_secure() {
         )
         .expect("removing a broker's keystore");
     }
+    let mut unreachable: Vec<String> = Vec::new();
     let mut seen: std::collections::BTreeMap<String, Vec<(String, u64)>> = first
         .iter()
         .map(|(b, c)| (b.clone(), vec![c.clone()]))
@@ -1904,7 +1908,15 @@ fn the_example_cluster_comes_up_healthy_and_secure() {
         Duration::from_secs(600),
         || {
             for (b, a) in &broker_addresses {
-                let now = served_certificate(*a, &model.ca_certificate);
+                // A broker that does not answer is noted; that it restarted
+                // is asserted below.
+                let now = match served_certificate(*a, &model.ca_certificate) {
+                    Ok(now) => now,
+                    Err(e) => {
+                        unreachable.push(e);
+                        continue;
+                    }
+                };
                 let list = seen.get_mut(b).expect("a broker");
                 if list.last() != Some(&now) {
                     list.push(now);
@@ -1926,10 +1938,22 @@ fn the_example_cluster_comes_up_healthy_and_secure() {
     }
     let load = load.finish(&state);
     let after_rotation = started_at(&state, &brokers, "kafka.service");
-    assert_eq!(
-        after_rotation, before_rotation,
-        "no broker restarted for its certificates"
-    );
+    if after_rotation != before_rotation {
+        let why = exec(
+            &state,
+            "broker-1",
+            &[
+                "sh",
+                "-c",
+                "journalctl -u kraftops-agent --no-pager | grep -i -E 'reload|restart|keystore|certificate' | tail -20",
+            ],
+            None,
+        );
+        panic!(
+            "a broker restarted for its certificates ({before_rotation:?} → {after_rotation:?}; unreachable meanwhile: {unreachable:?}); broker-1's agent:\n{}",
+            stdout(&why)
+        );
+    }
     report!(
         "certificate rotation (4-minute lifetime): every broker served a reissued and then a self-renewed certificate within {rotation_seconds:.0} s, none restarted; {load}; broker-1: {:?}",
         seen["broker-1"]
@@ -1946,7 +1970,365 @@ fn the_example_cluster_comes_up_healthy_and_secure() {
         "renew_before: 1m",
         "renew_before: 30d",
     );
-    push_and_wait(&state, work.path(), "e2e: 90-day certificates again");
+    let (certs_head, _) = push_and_wait(&state, work.path(), "e2e: 90-day certificates again");
+
+    // Topics, users, ACLs, quotas and connectors from git: the coordinator
+    // is their one writer. Checked with Kafka's own tools as a user meets
+    // them, and through the coordinator's cluster API.
+    let coordinator = state.coordinator_url.clone();
+    let resources_settled = |head: &str, what: &str| -> Value {
+        wait_until(
+            &format!("a resources pass with nothing left to do on {what}"),
+            Duration::from_secs(300),
+            || {
+                let r = http_json(&format!("{coordinator}/v1/resources"));
+                let empty = |key: &str| r[key].as_array().is_some_and(Vec::is_empty);
+                (r["commit"].as_str() == Some(head)
+                    && r["error"].is_null()
+                    && empty("refusals")
+                    && empty("actions"))
+                .then_some(r)
+            },
+        )
+    };
+    let kafka = |args: &[&str], input: Option<&str>| {
+        let mut all = vec!["timeout", "90"];
+        all.extend_from_slice(args);
+        let out = exec(&state, "broker-1", &all, input);
+        format!("{}{}", stdout(&out), stderr(&out))
+    };
+    let topic_configs = |topic: &str| {
+        kafka(
+            &[
+                "/opt/kafka/bin/kafka-configs.sh",
+                "--bootstrap-server",
+                bootstrap,
+                "--command-config",
+                "/root/e2e-admin.properties",
+                "--describe",
+                "--entity-type",
+                "topics",
+                "--entity-name",
+                topic,
+            ],
+            None,
+        )
+    };
+    let topic_list = || {
+        kafka(
+            &[
+                "/opt/kafka/bin/kafka-topics.sh",
+                "--bootstrap-server",
+                bootstrap,
+                "--command-config",
+                "/root/e2e-admin.properties",
+                "--list",
+            ],
+            None,
+        )
+        .lines()
+        .map(str::to_owned)
+        .collect::<std::collections::BTreeSet<String>>()
+    };
+    resources_settled(&certs_head, "the example");
+    let described = kafka(
+        &[
+            "/opt/kafka/bin/kafka-topics.sh",
+            "--bootstrap-server",
+            bootstrap,
+            "--command-config",
+            "/root/e2e-admin.properties",
+            "--describe",
+            "--topic",
+            "topic-1",
+        ],
+        None,
+    );
+    assert!(described.contains("PartitionCount: 6"), "{described}");
+    let configs = topic_configs("topic-1");
+    assert!(configs.contains("retention.ms=604800000"), "{configs}");
+    // The client user exists with its password from git, and its ACLs.
+    let client_password = example_secret(&model, "client-password");
+    std::fs::write(
+        root.join("e2e-client.properties"),
+        client_props("client", &client_password),
+    )
+    .expect("writing the client's config");
+    std::fs::write(
+        root.join("e2e-client-wrong.properties"),
+        client_props("client", "not-the-password"),
+    )
+    .expect("writing a wrong client config");
+    let records: String = (0..30).map(|i| format!("lag-{i}\n")).collect();
+    let produced = kafka(
+        &[
+            "/opt/kafka/bin/kafka-console-producer.sh",
+            "--bootstrap-server",
+            bootstrap,
+            "--producer.config",
+            "/root/e2e-client.properties",
+            "--topic",
+            "test-topic",
+        ],
+        Some(&records),
+    );
+    assert!(
+        !produced.contains("rror"),
+        "client producing to test-topic: {produced}"
+    );
+    let consumed = kafka(
+        &[
+            "/opt/kafka/bin/kafka-console-consumer.sh",
+            "--bootstrap-server",
+            bootstrap,
+            "--consumer.config",
+            "/root/e2e-client.properties",
+            "--topic",
+            "test-topic",
+            "--group",
+            "client-e2e",
+            "--from-beginning",
+            "--max-messages",
+            "10",
+            "--consumer-property",
+            "max.poll.records=1",
+            "--timeout-ms",
+            "60000",
+        ],
+        None,
+    );
+    assert_eq!(
+        consumed.lines().filter(|l| l.starts_with("lag-")).count(),
+        10,
+        "client consuming 10 records of test-topic: {consumed}"
+    );
+    let group = http_json(&format!("{coordinator}/consumer-groups/client-e2e"));
+    assert_eq!(group["total_lag"], 20, "30 produced, 10 consumed: {group}");
+    let wrong = kafka(
+        &[
+            "/opt/kafka/bin/kafka-topics.sh",
+            "--bootstrap-server",
+            bootstrap,
+            "--command-config",
+            "/root/e2e-client-wrong.properties",
+            "--list",
+        ],
+        None,
+    );
+    assert!(
+        wrong.contains("Authentication failed"),
+        "a wrong client password: {wrong}"
+    );
+    let denied = kafka(
+        &[
+            "/opt/kafka/bin/kafka-console-consumer.sh",
+            "--bootstrap-server",
+            bootstrap,
+            "--consumer.config",
+            "/root/e2e-client.properties",
+            "--topic",
+            "e2e-smoke",
+            "--group",
+            "client-denied",
+            "--max-messages",
+            "1",
+            "--timeout-ms",
+            "20000",
+        ],
+        None,
+    );
+    assert!(
+        denied.contains("Not authorized") || denied.contains("AuthorizationException"),
+        "client reading a topic its ACLs do not name: {denied}"
+    );
+    // The connector declared in git runs, and its topic fills.
+    let connectors = wait_until(
+        "the connector cluster-hosts RUNNING",
+        Duration::from_secs(300),
+        || {
+            let c = http_json(&format!("{coordinator}/connectors"));
+            let running = c["connectors"].as_array()?.iter().any(|c| {
+                c["name"] == "cluster-hosts"
+                    && c["state"] == "RUNNING"
+                    && c["tasks"]
+                        .as_array()
+                        .is_some_and(|t| !t.is_empty() && t.iter().all(|t| t["state"] == "RUNNING"))
+            });
+            running.then_some(c)
+        },
+    );
+    let hosts = kafka(
+        &[
+            "/opt/kafka/bin/kafka-console-consumer.sh",
+            "--bootstrap-server",
+            bootstrap,
+            "--consumer.config",
+            "/root/e2e-client.properties",
+            "--topic",
+            "topic-1",
+            "--group",
+            "client-hosts",
+            "--from-beginning",
+            "--max-messages",
+            "3",
+            "--timeout-ms",
+            "60000",
+        ],
+        None,
+    );
+    assert!(
+        hosts.contains("kafka.internal"),
+        "topic-1 holds /etc/hosts lines: {hosts}"
+    );
+    report!(
+        "resources from git: topics created with their configs, client logs in (a wrong password is refused) and is held to its ACLs; consumer group client-e2e lag {} (30 produced, 10 consumed); connector cluster-hosts RUNNING: {}",
+        group["total_lag"],
+        connectors["count"]
+    );
+
+    // Hand-made drift, then a push: a config set by hand is removed, a
+    // topic under a prune pattern is deleted, git's changes are made (a
+    // config, a new topic, a topic marked for deletion, an ACL taken away).
+    let drift = kafka(
+        &[
+            "/opt/kafka/bin/kafka-configs.sh",
+            "--bootstrap-server",
+            bootstrap,
+            "--command-config",
+            "/root/e2e-admin.properties",
+            "--alter",
+            "--entity-type",
+            "topics",
+            "--entity-name",
+            "topic-1",
+            "--add-config",
+            "segment.ms=3600000",
+        ],
+        None,
+    );
+    assert!(
+        topic_configs("topic-1").contains("segment.ms=3600000"),
+        "{drift}"
+    );
+    let scratch = topics(
+        "/root/e2e-admin.properties",
+        &[
+            "--create",
+            "--topic",
+            "scratch-e2e",
+            "--partitions",
+            "1",
+            "--replication-factor",
+            "3",
+        ],
+    );
+    assert!(scratch.status.success(), "{}", stderr(&scratch));
+    edit(
+        work.path(),
+        "topics/app.yaml",
+        "retention.ms: 604800000",
+        "retention.ms: 86400000",
+    );
+    edit(
+        work.path(),
+        "topics/app.yaml",
+        "  - name: test-topic\n    partitions: 3\n",
+        "  - name: test-topic\n    partitions: 3\n    delete: true\n",
+    );
+    let mut topics_file =
+        std::fs::read_to_string(work.path().join("topics/app.yaml")).expect("topics/app.yaml");
+    topics_file.push_str(
+        "  - name: e2e-declared\n    partitions: 2\n    config:\n      retention.ms: 3600000\n",
+    );
+    std::fs::write(work.path().join("topics/app.yaml"), topics_file).expect("topics/app.yaml");
+    edit(
+        work.path(),
+        "users/platform.yaml",
+        "        name: topic-1\n        operations: [read, write, describe]",
+        "        name: topic-1\n        operations: [read, describe]",
+    );
+    let (resources_head, _) = push_and_wait(&state, work.path(), "e2e: topics and ACLs");
+    resources_settled(&resources_head, "the topics and ACLs commit");
+    let configs = topic_configs("topic-1");
+    assert!(
+        configs.contains("retention.ms=86400000") && !configs.contains("segment.ms"),
+        "topic-1's configs are git's: {configs}"
+    );
+    let listed = topic_list();
+    for (topic, present) in [
+        ("e2e-declared", true),
+        ("test-topic", false),
+        ("scratch-e2e", false),
+        ("e2e-smoke", true),
+    ] {
+        assert_eq!(listed.contains(topic), present, "{topic} in {listed:?}");
+    }
+    let refused_write = kafka(
+        &[
+            "/opt/kafka/bin/kafka-console-producer.sh",
+            "--bootstrap-server",
+            bootstrap,
+            "--producer.config",
+            "/root/e2e-client.properties",
+            "--topic",
+            "topic-1",
+            "--producer-property",
+            "max.block.ms=15000",
+        ],
+        Some("after-the-acl-change\n"),
+    );
+    assert!(
+        refused_write.contains("uthoriz"),
+        "client may no longer write to topic-1: {refused_write}"
+    );
+
+    // A partition decrease is refused with its place in git; Kafka keeps 6.
+    edit(
+        work.path(),
+        "topics/app.yaml",
+        "    partitions: 6\n",
+        "    partitions: 3\n",
+    );
+    let (bad_head, _) = push_and_wait(&state, work.path(), "e2e: fewer partitions");
+    let refusal = wait_until(
+        "the partition decrease to be refused",
+        Duration::from_secs(300),
+        || {
+            let r = http_json(&format!("{coordinator}/v1/resources"));
+            (r["commit"].as_str() == Some(bad_head.as_str()))
+                .then(|| r["refusals"].clone())
+                .filter(|f| f.as_array().is_some_and(|a| !a.is_empty()))
+        },
+    );
+    assert!(
+        refusal.to_string().contains("topics/app.yaml:5:17"),
+        "the refusal names topics/app.yaml:5:17: {refusal}"
+    );
+    let described = kafka(
+        &[
+            "/opt/kafka/bin/kafka-topics.sh",
+            "--bootstrap-server",
+            bootstrap,
+            "--command-config",
+            "/root/e2e-admin.properties",
+            "--describe",
+            "--topic",
+            "topic-1",
+        ],
+        None,
+    );
+    assert!(described.contains("PartitionCount: 6"), "{described}");
+    report!(
+        "drift put back, scratch-e2e pruned, test-topic deleted, e2e-declared created, client's write ACL on topic-1 removed; a partition decrease refused: {refusal}"
+    );
+    edit(
+        work.path(),
+        "topics/app.yaml",
+        "    partitions: 3\n    replication_factor: 3\n",
+        "    partitions: 6\n    replication_factor: 3\n",
+    );
+    let (fixed_head, _) = push_and_wait(&state, work.path(), "e2e: partitions back");
+    resources_settled(&fixed_head, "the partitions put back");
 
     // Measures (printed, not asserted).
     report!(

@@ -31,6 +31,8 @@ pub use gates::Health;
 
 /// How long one Kafka call may take.
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a broker may take to present a reloaded certificate.
+const TLS_RELOAD_WAIT: Duration = Duration::from_secs(30);
 /// KRaft's default `controller.quorum.fetch.timeout.ms`: a voter is caught
 /// up if it fetched within this long of the leader.
 const DEFAULT_FETCH_TIMEOUT_MS: i64 = 2_000;
@@ -363,13 +365,22 @@ impl KafkaNode {
             .map_err(|e| format!("reading {}: {e}", roles::layout::KEYSTORE))?;
         let (_, certs) = crate::certs::read_keystore(&keystore).map_err(|e| chain(&e))?;
         let want = crate::certs::leaf_der(&certs).map_err(|e| chain(&e))?;
-        let served = served_certificate(host, *port, &self.ca_pem)?;
-        if served == want {
-            Ok(())
-        } else {
-            Err(format!(
-                "{host}:{port} still presents its previous certificate"
-            ))
+        // In KRaft the alteration is forwarded to the controllers and the
+        // broker reloads when it replays the metadata record, a moment
+        // after the answer: ask again for a while before giving up.
+        let deadline = std::time::Instant::now() + TLS_RELOAD_WAIT;
+        loop {
+            let served = served_certificate(host, *port, &self.ca_pem)?;
+            if served == want {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "{host}:{port} still presents its previous certificate {}s after the reload",
+                    TLS_RELOAD_WAIT.as_secs()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(500));
         }
     }
 }
