@@ -220,15 +220,17 @@ fn units_run_the_expected_binaries() {
             .map(|u| (u.name.clone(), u.contents.clone()))
             .collect();
         let mut expected: BTreeSet<String> = common.iter().map(|s| (*s).to_owned()).collect();
+        // The long-running JVMs start through /bin/sh, which resolves the
+        // install_dir link first (what it then runs: tests/kafka_roles.rs).
         match plan.role {
             roles::Role::Controller | roles::Role::Broker => {
                 expected.extend([
-                    "/opt/kafka/bin/kafka-server-start.sh".to_owned(),
+                    "/bin/sh".to_owned(),
                     "/opt/kafka/bin/kafka-storage.sh".to_owned(),
                 ]);
             }
             roles::Role::Connect => {
-                expected.insert("/opt/kafka/bin/connect-distributed.sh".to_owned());
+                expected.insert("/bin/sh".to_owned());
             }
             roles::Role::Observability => {}
         }
