@@ -2176,10 +2176,19 @@ fn the_example_cluster_comes_up_healthy_and_secure() {
         ],
         None,
     );
-    assert!(
-        hosts.contains("kafka.internal"),
-        "topic-1 holds /etc/hosts lines: {hosts}"
-    );
+    // The worker's JSON converter writes each line as a JSON string.
+    let etc_hosts = stdout(&exec(
+        &state,
+        "connect-1",
+        &["head", "-n", "3", "/etc/hosts"],
+        None,
+    ));
+    for line in etc_hosts.lines() {
+        assert!(
+            hosts.contains(&serde_json::to_string(line).expect("JSON")),
+            "topic-1 holds connect-1's /etc/hosts, line by line ({line:?}): {hosts}"
+        );
+    }
     report!(
         "resources from git: topics created with their configs, client logs in (a wrong password is refused) and is held to its ACLs; consumer group client-e2e lag {} (30 produced, 10 consumed); connector cluster-hosts RUNNING: {}",
         group["total_lag"],
