@@ -2247,7 +2247,7 @@ fn the_example_cluster_comes_up_healthy_and_secure() {
     let mut topics_file =
         std::fs::read_to_string(work.path().join("topics/app.yaml")).expect("topics/app.yaml");
     topics_file.push_str(
-        "  - name: e2e-declared\n    partitions: 2\n    config:\n      retention.ms: 3600000\n",
+        "  - name: e2e-from-git\n    partitions: 2\n    config:\n      retention.ms: 3600000\n",
     );
     std::fs::write(work.path().join("topics/app.yaml"), topics_file).expect("topics/app.yaml");
     edit(
@@ -2265,7 +2265,7 @@ fn the_example_cluster_comes_up_healthy_and_secure() {
     );
     let listed = topic_list();
     for (topic, present) in [
-        ("e2e-declared", true),
+        ("e2e-from-git", true),
         ("test-topic", false),
         ("scratch-e2e", false),
         ("e2e-smoke", true),
@@ -2328,7 +2328,7 @@ fn the_example_cluster_comes_up_healthy_and_secure() {
     );
     assert!(described.contains("PartitionCount: 6"), "{described}");
     report!(
-        "drift put back, scratch-e2e pruned, test-topic deleted, e2e-declared created, client's write ACL on topic-1 removed; a partition decrease refused: {refusal}"
+        "drift put back, scratch-e2e pruned, test-topic deleted, e2e-from-git created, client's write ACL on topic-1 removed; a partition decrease refused: {refusal}"
     );
     edit(
         work.path(),
