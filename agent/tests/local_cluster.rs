@@ -2031,20 +2031,24 @@ fn the_example_cluster_comes_up_healthy_and_secure() {
         .collect::<std::collections::BTreeSet<String>>()
     };
     resources_settled(&certs_head, "the example");
-    let described = kafka(
-        &[
-            "/opt/kafka/bin/kafka-topics.sh",
-            "--bootstrap-server",
-            bootstrap,
-            "--command-config",
-            "/root/e2e-admin.properties",
-            "--describe",
-            "--topic",
-            "topic-1",
-        ],
-        None,
-    );
-    assert!(described.contains("PartitionCount: 6"), "{described}");
+    // topic-1 as Kafka describes it: git says 6 partitions throughout.
+    let assert_six_partitions = || {
+        let described = kafka(
+            &[
+                "/opt/kafka/bin/kafka-topics.sh",
+                "--bootstrap-server",
+                bootstrap,
+                "--command-config",
+                "/root/e2e-admin.properties",
+                "--describe",
+                "--topic",
+                "topic-1",
+            ],
+            None,
+        );
+        assert!(described.contains("PartitionCount: 6"), "{described}");
+    };
+    assert_six_partitions();
     let configs = topic_configs("topic-1");
     assert!(configs.contains("retention.ms=604800000"), "{configs}");
     // The client user exists with its password from git, and its ACLs.
@@ -2313,20 +2317,7 @@ fn the_example_cluster_comes_up_healthy_and_secure() {
         refusal.to_string().contains("topics/app.yaml:5:17"),
         "the refusal names topics/app.yaml:5:17: {refusal}"
     );
-    let described = kafka(
-        &[
-            "/opt/kafka/bin/kafka-topics.sh",
-            "--bootstrap-server",
-            bootstrap,
-            "--command-config",
-            "/root/e2e-admin.properties",
-            "--describe",
-            "--topic",
-            "topic-1",
-        ],
-        None,
-    );
-    assert!(described.contains("PartitionCount: 6"), "{described}");
+    assert_six_partitions();
     report!(
         "drift put back, scratch-e2e pruned, test-topic deleted, e2e-from-git created, client's write ACL on topic-1 removed; a partition decrease refused: {refusal}"
     );
