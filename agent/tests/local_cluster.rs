@@ -2,10 +2,11 @@
 //! cluster up as nine systemd-nspawn nodes (real systemd, real Apache Kafka
 //! assembled from Maven Central by `scripts/kafka-dist`, Debian's
 //! Prometheus, Alertmanager and node_exporter), then the test looks at it as
-//! a user would: Kafka's own quorum tool, Kafka's clients over SASL_SSL, the
-//! controller listener's mTLS, Prometheus' targets, rules and every
-//! dashboard query, a refused invalid push, and `local down` leaving nothing
-//! behind. It prints the phase timings and the memory the cluster took.
+//! a user would: Kafka's own quorum tool, Kafka's Java clients and kcat over
+//! SASL_SSL, the controller listener's mTLS, Prometheus' targets, rules and
+//! every dashboard query, pushes that roll, upgrade and change topics, users,
+//! ACLs and connectors, a refused invalid push, and `local down` leaving
+//! nothing behind. It prints the phase timings and the memory the cluster took.
 //!
 //! Needs root, systemd-nspawn, Java and Maven (`scripts/install-deps`);
 //! a missing piece fails the test, it never skips.
@@ -23,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use desired_state::{Identity, Model, types::Name};
+use desired_state::{Identity, Model, secrets::EncryptedSecret, types::Name};
 use kraftops_agent::local::{ClusterState, Layout, checks};
 use serde_json::Value;
 
@@ -96,6 +97,57 @@ fn exec(state: &ClusterState, node: &str, args: &[&str], input: Option<&str>) ->
             .expect("writing stdin");
     }
     child.wait_with_output().expect("waiting for the command")
+}
+
+/// Where `scripts/install-deps` links the librdkafka that Debian's kcat
+/// runs on: the 2.16 of PyPI's confluent-kafka wheel, since Debian's 2.0.2
+/// fails SCRAM-SHA-512 against Kafka 4.x.
+fn librdkafka_dir() -> PathBuf {
+    let venv = std::env::var_os("KRAFTOPS_VENV")
+        .map_or_else(|| PathBuf::from("/var/cache/kraftops/venv"), PathBuf::from);
+    let dir = venv.join("librdkafka");
+    assert!(
+        dir.join("librdkafka.so.1").exists(),
+        "{} is missing: run scripts/install-deps",
+        dir.display()
+    );
+    dir
+}
+
+/// kcat inside broker-1 (which resolves the cluster's names) as `user`
+/// over SASL_SSL/SCRAM-SHA-512, trusting the cluster CA; `root` is
+/// broker-1's root directory as the host sees it. Returns stdout, stderr.
+fn kcat(
+    state: &ClusterState,
+    root: &Path,
+    (user, password): (&str, &str),
+    args: &[&str],
+    input: Option<&str>,
+) -> (String, String) {
+    let config = format!("e2e-kcat-{user}.conf");
+    std::fs::write(
+        root.join(&config),
+        format!(
+            "security.protocol=SASL_SSL\nsasl.mechanisms=SCRAM-SHA-512\nsasl.username={user}\nsasl.password={password}\nssl.ca.location=/etc/kafka/tls/ca.pem\n"
+        ),
+    )
+    .expect("writing kcat's config");
+    let library = format!("LD_LIBRARY_PATH={}", librdkafka_dir().display());
+    let config = format!("/root/{config}");
+    let mut all = vec![
+        "env",
+        library.as_str(),
+        "timeout",
+        "60",
+        "kcat",
+        "-b",
+        "broker-1.kafka.internal:9092",
+        "-F",
+        config.as_str(),
+    ];
+    all.extend_from_slice(args);
+    let out = exec(state, "broker-1", &all, input);
+    (stdout(&out), stderr(&out))
 }
 
 fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
@@ -840,9 +892,8 @@ fn the_example_cluster_comes_up_healthy_and_secure() {
     assert_eq!(observers, vec![1, 2, 3, 4], "{replication}");
 
     // Security as a client meets it, with Kafka's own Java clients inside
-    // broker-1 (which resolves the cluster's names). Debian's kcat
-    // (librdkafka 2.0.2) fails SCRAM-SHA-512 against Kafka 4.1 for every
-    // user, also ones Kafka itself created, so it cannot be the client here.
+    // broker-1 (which resolves the cluster's names); kcat checks the users
+    // git manages below, once the coordinator has created them.
     // The admin user exists from format time.
     let admin_password = example_secret(&model, "admin-password");
     let bootstrap = "broker-1.kafka.internal:9092";
@@ -2058,27 +2109,41 @@ fn the_example_cluster_comes_up_healthy_and_secure() {
         client_props("client", &client_password),
     )
     .expect("writing the client's config");
-    std::fs::write(
-        root.join("e2e-client-wrong.properties"),
-        client_props("client", "not-the-password"),
-    )
-    .expect("writing a wrong client config");
+    // kcat (librdkafka) as client: 30 records produced (acks=all) and read
+    // back by a plain consumer, then 10 of them by a Java group consumer.
+    let client = ("client", client_password.as_str());
     let records: String = (0..30).map(|i| format!("lag-{i}\n")).collect();
-    let produced = kafka(
-        &[
-            "/opt/kafka/bin/kafka-console-producer.sh",
-            "--bootstrap-server",
-            bootstrap,
-            "--producer.config",
-            "/root/e2e-client.properties",
-            "--topic",
-            "test-topic",
-        ],
+    let (_, produced) = kcat(
+        &state,
+        &root,
+        client,
+        &["-P", "-t", "test-topic", "-X", "acks=all"],
         Some(&records),
     );
     assert!(
-        !produced.contains("rror"),
-        "client producing to test-topic: {produced}"
+        !produced.contains("ERROR"),
+        "kcat producing to test-topic as client: {produced}"
+    );
+    let (read_back, errors) = kcat(
+        &state,
+        &root,
+        client,
+        &[
+            "-C",
+            "-t",
+            "test-topic",
+            "-o",
+            "beginning",
+            "-e",
+            "-f",
+            "%s\n",
+        ],
+        None,
+    );
+    assert_eq!(
+        read_back.lines().filter(|l| l.starts_with("lag-")).count(),
+        30,
+        "kcat reading test-topic back as client: {read_back}{errors}"
     );
     let consumed = kafka(
         &[
@@ -2108,42 +2173,27 @@ fn the_example_cluster_comes_up_healthy_and_secure() {
     );
     let group = http_json(&format!("{coordinator}/consumer-groups/client-e2e"));
     assert_eq!(group["total_lag"], 20, "30 produced, 10 consumed: {group}");
-    let wrong = kafka(
-        &[
-            "/opt/kafka/bin/kafka-topics.sh",
-            "--bootstrap-server",
-            bootstrap,
-            "--command-config",
-            "/root/e2e-client-wrong.properties",
-            "--list",
-        ],
+    let (_, wrong) = kcat(
+        &state,
+        &root,
+        ("client", "not-the-password"),
+        &["-L", "-m", "10"],
         None,
     );
     assert!(
         wrong.contains("Authentication failed"),
-        "a wrong client password: {wrong}"
+        "kcat with a wrong client password: {wrong}"
     );
-    let denied = kafka(
-        &[
-            "/opt/kafka/bin/kafka-console-consumer.sh",
-            "--bootstrap-server",
-            bootstrap,
-            "--consumer.config",
-            "/root/e2e-client.properties",
-            "--topic",
-            "e2e-smoke",
-            "--group",
-            "client-denied",
-            "--max-messages",
-            "1",
-            "--timeout-ms",
-            "20000",
-        ],
+    let (_, denied) = kcat(
+        &state,
+        &root,
+        client,
+        &["-C", "-t", "e2e-smoke", "-o", "beginning", "-e"],
         None,
     );
     assert!(
-        denied.contains("Not authorized") || denied.contains("AuthorizationException"),
-        "client reading a topic its ACLs do not name: {denied}"
+        denied.contains("authorization failed"),
+        "kcat as client reading a topic its ACLs do not name: {denied}"
     );
     // The connector declared in git runs, and its topic fills.
     let connectors = wait_until(
@@ -2260,8 +2310,62 @@ fn the_example_cluster_comes_up_healthy_and_secure() {
         "        name: topic-1\n        operations: [read, write, describe]",
         "        name: topic-1\n        operations: [read, describe]",
     );
+    // A new user with its own age-encrypted password, allowed to read
+    // e2e-from-git; and the connector paused.
+    let reader_password = "e2e-reader-secret-42";
+    let identity = Identity::parse(
+        &std::fs::read_to_string(
+            repo_root().join("desired-state/examples/seed.example-only.age-identity"),
+        )
+        .expect("the example identity"),
+    )
+    .expect("parses");
+    let secret = EncryptedSecret::encrypt(
+        "secrets/e2e-reader-password.age",
+        reader_password,
+        &identity.recipients(),
+    )
+    .expect("encrypting the new user's password");
+    std::fs::write(
+        work.path().join("secrets/e2e-reader-password.age"),
+        secret.ciphertext(),
+    )
+    .expect("writing the new user's secret");
+    let mut users_file =
+        std::fs::read_to_string(work.path().join("users/platform.yaml")).expect("users");
+    users_file.push_str(
+        "  - name: e2e-reader\n    password_secret: e2e-reader-password\n    acls:\n      - resource: topic\n        name: e2e-from-git\n        operations: [read, describe]\n",
+    );
+    std::fs::write(work.path().join("users/platform.yaml"), users_file).expect("users");
+    edit(
+        work.path(),
+        "connectors/file-source.yaml",
+        "    state: running\n",
+        "    state: paused\n",
+    );
     let (resources_head, _) = push_and_wait(&state, work.path(), "e2e: topics and ACLs");
     resources_settled(&resources_head, "the topics and ACLs commit");
+    let connector_state = |wanted: &'static str| {
+        wait_until(
+            &format!("the connector cluster-hosts {wanted}"),
+            Duration::from_secs(180),
+            || {
+                let c = http_json(&format!("{coordinator}/connectors"));
+                c["connectors"]
+                    .as_array()?
+                    .iter()
+                    .any(|c| c["name"] == "cluster-hosts" && c["state"] == wanted)
+                    .then_some(())
+            },
+        );
+    };
+    connector_state("PAUSED");
+    let reader = ("e2e-reader", reader_password);
+    let (metadata, errors) = kcat(&state, &root, reader, &["-L", "-t", "e2e-from-git"], None);
+    assert!(
+        metadata.contains("topic \"e2e-from-git\" with 2 partitions"),
+        "kcat as the new user e2e-reader: {metadata}{errors}"
+    );
     let configs = topic_configs("topic-1");
     assert!(
         configs.contains("retention.ms=86400000") && !configs.contains("segment.ms"),
@@ -2276,22 +2380,15 @@ fn the_example_cluster_comes_up_healthy_and_secure() {
     ] {
         assert_eq!(listed.contains(topic), present, "{topic} in {listed:?}");
     }
-    let refused_write = kafka(
-        &[
-            "/opt/kafka/bin/kafka-console-producer.sh",
-            "--bootstrap-server",
-            bootstrap,
-            "--producer.config",
-            "/root/e2e-client.properties",
-            "--topic",
-            "topic-1",
-            "--producer-property",
-            "max.block.ms=15000",
-        ],
+    let (_, refused_write) = kcat(
+        &state,
+        &root,
+        client,
+        &["-P", "-t", "topic-1", "-X", "acks=all"],
         Some("after-the-acl-change\n"),
     );
     assert!(
-        refused_write.contains("uthoriz"),
+        refused_write.contains("authorization failed"),
         "client may no longer write to topic-1: {refused_write}"
     );
 
@@ -2319,7 +2416,7 @@ fn the_example_cluster_comes_up_healthy_and_secure() {
     );
     assert_six_partitions();
     report!(
-        "drift put back, scratch-e2e pruned, test-topic deleted, e2e-from-git created, client's write ACL on topic-1 removed; a partition decrease refused: {refusal}"
+        "drift put back, scratch-e2e pruned, test-topic deleted, e2e-from-git created, client's write ACL on topic-1 removed, new user e2e-reader logs in (kcat), connector paused; a partition decrease refused: {refusal}"
     );
     edit(
         work.path(),
@@ -2327,8 +2424,29 @@ fn the_example_cluster_comes_up_healthy_and_secure() {
         "    partitions: 3\n    replication_factor: 3\n",
         "    partitions: 6\n    replication_factor: 3\n",
     );
+    // With the partitions put back: e2e-reader marked for deletion, the
+    // connector running again.
+    edit(
+        work.path(),
+        "users/platform.yaml",
+        "  - name: e2e-reader\n    password_secret: e2e-reader-password\n    acls:\n      - resource: topic\n        name: e2e-from-git\n        operations: [read, describe]\n",
+        "  - name: e2e-reader\n    password_secret: e2e-reader-password\n    delete: true\n",
+    );
+    edit(
+        work.path(),
+        "connectors/file-source.yaml",
+        "    state: paused\n",
+        "    state: running\n",
+    );
     let (fixed_head, _) = push_and_wait(&state, work.path(), "e2e: partitions back");
     resources_settled(&fixed_head, "the partitions put back");
+    let (_, removed) = kcat(&state, &root, reader, &["-L", "-m", "10"], None);
+    assert!(
+        removed.contains("Authentication failed"),
+        "the deleted user e2e-reader can no longer log in: {removed}"
+    );
+    connector_state("RUNNING");
+    report!("e2e-reader deleted (kcat refused), connector cluster-hosts running again");
 
     // Measures (printed, not asserted).
     report!(
