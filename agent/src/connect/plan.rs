@@ -22,7 +22,7 @@ use std::fmt;
 
 use desired_state::InFile;
 use desired_state::model::{Connector, ConnectorState};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::client::{ObservedConnector, WorkerState};
 
@@ -209,7 +209,8 @@ fn state_word(state: ConnectorState) -> &'static str {
 }
 
 /// Restart bookkeeping for one connector.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RestartRecord {
     /// Restarts since the connector was last healthy for `HEALTHY_RESET`.
     pub restarts: u32,
@@ -219,10 +220,11 @@ pub struct RestartRecord {
     pub healthy_since: Option<u64>,
 }
 
-/// What the reconciler remembers between rounds about restarts; the
-/// caller keeps it (in memory: after a restart of the coordinator the
-/// backoff starts over, which errs on the side of one restart too many).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+/// What the reconciler remembers between rounds about restarts. The
+/// caller keeps it (the coordinator in its state directory, so a restart
+/// of the coordinator does not start the backoff over).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RestartMemory {
     records: BTreeMap<String, RestartRecord>,
 }

@@ -14,7 +14,7 @@
 //! from the head commit the coordinator loaded (it loads valid commits
 //! only), never while Kafka cannot be read.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Duration;
@@ -34,6 +34,62 @@ pub const TICK: Duration = Duration::from_secs(15);
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(15);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 const METADATA_VERSION: &str = "metadata.version";
+/// The connectors' restart memory, in the coordinator's state directory.
+pub const RESTARTS_FILE: &str = "connector-restarts.json";
+const RESTARTS_FILE_VERSION: u32 = 1;
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestartsFile {
+    version: u32,
+    memory: RestartMemory,
+}
+
+/// The connectors' restart memory kept at `path`: empty when the file is
+/// missing. A file that cannot be read is reported in the error and the
+/// memory starts empty (the backoff starts over: at most one restart too
+/// many); it is overwritten at the next restart.
+pub fn load_restarts(path: &Path) -> (RestartMemory, Option<String>) {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return (RestartMemory::default(), None);
+        }
+        Err(e) => {
+            return (
+                RestartMemory::default(),
+                Some(format!("reading {}: {e}", path.display())),
+            );
+        }
+    };
+    match serde_json::from_slice::<RestartsFile>(&bytes) {
+        Ok(file) if file.version == RESTARTS_FILE_VERSION => (file.memory, None),
+        Ok(file) => (
+            RestartMemory::default(),
+            Some(format!(
+                "{}: version {} (this coordinator writes {RESTARTS_FILE_VERSION})",
+                path.display(),
+                file.version
+            )),
+        ),
+        Err(e) => (
+            RestartMemory::default(),
+            Some(format!("{}: {e}", path.display())),
+        ),
+    }
+}
+
+/// Writes the restart memory to `path` atomically, mode 0600.
+pub fn save_restarts(path: &Path, memory: &RestartMemory) -> Result<(), String> {
+    let file = RestartsFile {
+        version: RESTARTS_FILE_VERSION,
+        memory: memory.clone(),
+    };
+    let mut bytes = serde_json::to_vec_pretty(&file).map_err(|e| e.to_string())?;
+    bytes.push(b'\n');
+    crate::apply::atomic::write_own(path, &bytes, 0o600)
+        .map_err(|e| format!("writing {}: {}", path.display(), chain(&e)))
+}
 
 /// What the loop is told: a new head commit and its model.
 #[derive(Debug)]
@@ -164,6 +220,8 @@ struct Work {
     resources: ResourceWriter,
     connect: Option<(String, ConnectClient)>,
     restarts: RestartMemory,
+    /// Where `restarts` is kept ([`RESTARTS_FILE`]).
+    restarts_file: PathBuf,
     /// The last raise this run made (`raised from … to … at <unix s>`),
     /// shown while Kafka stays at that level.
     last_raise: Option<(u16, String)>,
@@ -364,31 +422,41 @@ impl Work {
             }
         }
         let (_, client) = self.connect.as_ref()?;
-        Some(crate::connect::reconcile(
-            client,
-            &model.connectors,
-            &mut self.restarts,
-            now,
-        ))
+        let before = self.restarts.clone();
+        let report = crate::connect::reconcile(client, &model.connectors, &mut self.restarts, now);
+        if self.restarts != before
+            && let Err(e) = save_restarts(&self.restarts_file, &self.restarts)
+        {
+            tracing::warn!(error = %e, "the connectors' restart memory");
+        }
+        Some(report)
     }
 }
 
 /// Runs until `heads` is closed: each new head, and every [`TICK`].
-/// `digest_record` is where the resource writer keeps the digests of the
-/// passwords it set (in the coordinator's state directory).
+/// `state_dir` is the coordinator's state directory, where the resource
+/// writer keeps the digests of the passwords it set
+/// ([`super::resources::DIGEST_FILE`]) and the connectors' restart memory
+/// is kept ([`RESTARTS_FILE`]).
 pub fn run(
     coordinator: Arc<Coordinator>,
     identity: Identity,
     heads: Receiver<Head>,
-    digest_record: PathBuf,
+    state_dir: &Path,
 ) {
+    let restarts_file = state_dir.join(RESTARTS_FILE);
+    let (restarts, problem) = load_restarts(&restarts_file);
+    if let Some(problem) = problem {
+        tracing::warn!(%problem, "the connectors' restart memory starts empty");
+    }
     let mut work = Work {
         identity,
         head: None,
         client: None,
-        resources: ResourceWriter::open(digest_record),
+        resources: ResourceWriter::open(state_dir.join(super::resources::DIGEST_FILE)),
         connect: None,
-        restarts: RestartMemory::default(),
+        restarts,
+        restarts_file,
         last_raise: None,
     };
     loop {
@@ -422,6 +490,46 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_connectors_restart_memory_survives_a_restart_of_the_coordinator() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(RESTARTS_FILE);
+        let (empty, problem) = load_restarts(&path);
+        assert_eq!((empty, problem), (RestartMemory::default(), None));
+
+        let mut memory = RestartMemory::default();
+        memory.record_restart("cluster-hosts", 1_000);
+        memory.record_restart("cluster-hosts", 1_120);
+        save_restarts(&path, &memory).expect("saved");
+        let (loaded, problem) = load_restarts(&path);
+        assert_eq!(problem, None);
+        assert_eq!(loaded, memory);
+        // The backoff goes on from the second restart, not from zero.
+        assert_eq!(
+            loaded.next_restart_at("cluster-hosts"),
+            memory.next_restart_at("cluster-hosts")
+        );
+        assert_eq!(loaded.record("cluster-hosts").map(|r| r.restarts), Some(2));
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn an_unreadable_restart_memory_is_reported_and_starts_empty() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(RESTARTS_FILE);
+        std::fs::write(&path, b"{\"version\": 1, \"memory\": {\"records\": 3}}").expect("write");
+        let (memory, problem) = load_restarts(&path);
+        assert_eq!(memory, RestartMemory::default());
+        let problem = problem.expect("reported");
+        assert!(problem.contains(RESTARTS_FILE), "{problem}");
+
+        std::fs::write(&path, b"{\"version\": 7, \"memory\": {\"records\": {}}}").expect("write");
+        let (_, problem) = load_restarts(&path);
+        assert!(problem.expect("reported").contains("version 7"));
+    }
     use crate::protocol::StatusReport;
 
     fn example() -> Model {

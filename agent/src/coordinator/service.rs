@@ -253,12 +253,12 @@ pub async fn run(config_path: &Path, agent: AgentConfig) -> anyhow::Result<()> {
     // Not joined at shutdown: it may be inside a Kafka call for a few seconds.
     {
         let coordinator = coordinator.clone();
-        let digest_record = state_dir.join(super::resources::DIGEST_FILE);
+        let state_dir = state_dir.clone();
         let identity = Identity::parse(&identity_text)
             .with_context(|| format!("parsing {}", identity_path.display()))?;
         std::thread::Builder::new()
             .name("cluster".to_owned())
-            .spawn(move || super::cluster::run(coordinator, identity, heads_rx, digest_record))
+            .spawn(move || super::cluster::run(coordinator, identity, heads_rx, &state_dir))
             .context("starting the cluster thread")?;
     }
 
