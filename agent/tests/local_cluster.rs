@@ -2244,7 +2244,7 @@ fn the_example_cluster_comes_up_healthy_and_secure() {
         );
     }
     report!(
-        "resources from git: topics created with their configs, client logs in (a wrong password is refused) and is held to its ACLs; consumer group client-e2e lag {} (30 produced, 10 consumed); connector cluster-hosts RUNNING: {}",
+        "resources from git: topics created with their configs; client produces and reads back 30 records with kcat, a wrong password is refused and client is held to its ACLs (kcat); consumer group client-e2e lag {} (30 produced, 10 consumed); connector cluster-hosts RUNNING: {}",
         group["total_lag"],
         connectors["count"]
     );
