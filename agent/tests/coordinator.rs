@@ -2173,6 +2173,11 @@ async fn an_unreadable_halt_record_halts_every_role_until_resumed_or_a_new_commi
     let view = second.rollout().await;
     assert!(view.roles.iter().all(|r| r.halted.len() == 1), "{view:?}");
 
+    // A mistyped role is still noticed.
+    let (status, body) = second.resume("broker-2", Some("brokers")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(api_error(&body), "the brokers rollout is not halted");
+
     // Resuming the controllers frees them alone, and a restart keeps the
     // rest halted.
     let (status, body) = second.resume("broker-2", Some("controller")).await;

@@ -924,6 +924,16 @@ impl Coordinator {
         let mut state = self.lock();
         Self::authorize(&state, authenticated, &request.node)?;
         state.leases.note_expiries(now);
+        // A role no node has is not halted by an unread record either, so a
+        // mistyped role is still a 404.
+        if let Some(role) = &request.role
+            && !state.roster.nodes.values().any(|e| &e.role == role)
+            && state.leases.halted(role).is_empty()
+        {
+            return Err(Refusal::NotHalted {
+                role: request.role.clone(),
+            });
+        }
         let cleared = state
             .leases
             .resume(request.role.as_deref(), &request.node, now);
