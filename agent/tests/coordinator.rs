@@ -12,12 +12,12 @@ use axum::http::{Method, Request, StatusCode, header};
 use hmac::{Hmac, Mac};
 use http_body_util::BodyExt as _;
 use kraftops_agent::coordinator::{
-    ClusterView, Coordinator, CsrSigner, MAX_ALERTS, MAX_BODY_BYTES, ManualClock, NodeEntry,
-    RolloutRules, router, serve,
+    ClusterView, Coordinator, CsrSigner, HALT_FILE, MAX_ALERTS, MAX_BODY_BYTES, ManualClock,
+    NodeEntry, RolloutRules, router, serve,
 };
 use kraftops_agent::protocol::{
-    ApiError, CertificateResponse, Lease, LeaseEventKind, NodeView, Nudge, Phase, RolloutView,
-    StatusReport,
+    ApiError, CertificateResponse, Lease, LeaseEvent, LeaseEventKind, NodeView, Nudge, Phase,
+    RolloutView, StatusReport,
 };
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -2002,4 +2002,198 @@ async fn the_rollout_view_shows_policy_holders_halts_and_waiting_nodes() {
         .expect("connect-1 is listed");
     assert_eq!((silent.phase, silent.age_seconds), (None, None));
     assert_eq!(view.nodes.len(), 7);
+}
+
+// --- halts and history across coordinator restarts ---------------------------
+
+/// A coordinator started at `at` on the state directory `dir`, as
+/// `kraftops-agent coordinator` starts one: lease record and halt record.
+fn started_on(dir: &std::path::Path, at: u64, view: ClusterView) -> Harness {
+    let clock = Arc::new(ManualClock::new(at));
+    let coordinator = Coordinator::with_lease_record(
+        view,
+        Arc::new(FakeSigner),
+        clock.clone(),
+        None,
+        dir.join("leases-until"),
+    );
+    coordinator.keep_halts(dir.join(HALT_FILE));
+    Harness {
+        app: router(coordinator.clone()),
+        coordinator,
+        clock,
+    }
+}
+
+fn events(history: &[LeaseEvent]) -> Vec<(String, String, LeaseEventKind)> {
+    history
+        .iter()
+        .map(|e| (e.role.clone(), e.node.clone(), e.event))
+        .collect()
+}
+
+const HALTED_BROKERS: &str = "the broker rollout is halted: broker-1 failed at 2222222: kafka.service not healthy within 10m; push a new commit, or POST /v1/rollout/resume";
+
+/// broker-1 acquires and halts in a first run on `dir`; returns its lease.
+async fn halt_in_a_first_run(dir: &std::path::Path) -> Lease {
+    let first = started_on(dir, START, rollout_view(rules(1)));
+    // The first start ever: no records, leases at once.
+    let (status, body) = acquire(&first, "broker", "broker-1", 60).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let granted = lease(body);
+    first.clock.advance(1);
+    let (status, body) = first
+        .halt("broker", &granted, "kafka.service not healthy within 10m")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    granted
+}
+
+#[tokio::test]
+async fn a_halt_and_the_history_survive_a_coordinator_restart_until_resumed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let granted = halt_in_a_first_run(dir.path()).await;
+
+    // Restarted on the same commit, after the last lease's expiry.
+    let second = started_on(dir.path(), START + 120, rollout_view(rules(1)));
+    for node in ["broker-1", "broker-2"] {
+        let (status, body) = acquire(&second, "broker", node, 60).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        assert_eq!(api_error(&body), HALTED_BROKERS);
+    }
+    let leases = second.coordinator.leases();
+    assert_eq!(leases.len(), 1, "{leases:?}");
+    assert_eq!(
+        (leases[0].holder.as_str(), leases[0].fencing),
+        ("broker-1", granted.fencing)
+    );
+    let view = second.rollout().await;
+    let broker = view
+        .roles
+        .iter()
+        .find(|r| r.role == "broker")
+        .expect("the broker role");
+    assert_eq!(broker.halted.len(), 1);
+    assert_eq!(broker.halted[0].node, "broker-1");
+    assert_eq!(
+        broker.halted[0].revision.as_deref(),
+        Some("2222222222222222222222222222222222222222")
+    );
+    assert_eq!(broker.halted[0].at, START + 1);
+    assert_eq!(
+        events(&view.history),
+        vec![
+            ("broker".into(), "broker-1".into(), LeaseEventKind::Halted),
+            ("broker".into(), "broker-1".into(), LeaseEventKind::Granted),
+        ]
+    );
+    assert_eq!(
+        view.history[0].reason.as_deref(),
+        Some("kafka.service not healthy within 10m")
+    );
+
+    // Other roles go on, with fencing ids above the kept ones.
+    let (status, body) = acquire(&second, "controller", "controller-1", 60).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(lease(body).fencing > granted.fencing);
+
+    // A resume clears it, and a third run does not bring it back.
+    let (status, body) = second.resume("controller-1", Some("broker")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let third = started_on(dir.path(), START + 240, rollout_view(rules(1)));
+    let view = third.rollout().await;
+    assert!(view.roles.iter().all(|r| r.halted.is_empty()), "{view:?}");
+    assert_eq!(
+        events(&view.history),
+        vec![
+            ("broker".into(), "broker-1".into(), LeaseEventKind::Resumed),
+            (
+                "controller".into(),
+                "controller-1".into(),
+                LeaseEventKind::Granted
+            ),
+            ("broker".into(), "broker-1".into(), LeaseEventKind::Halted),
+            ("broker".into(), "broker-1".into(), LeaseEventKind::Granted),
+        ]
+    );
+    let (status, body) = acquire(&third, "broker", "broker-2", 60).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn a_kept_halt_is_cleared_by_a_new_commit_during_or_before_the_restart() {
+    // The same commit at start keeps the halt; a new one then clears it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    halt_in_a_first_run(dir.path()).await;
+    let second = started_on(dir.path(), START + 120, rollout_view(rules(1)));
+    let (status, body) = acquire(&second, "broker", "broker-2", 60).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let mut next = rollout_view(rules(1));
+    next.revision = Some("3333333333333333333333333333333333333333".to_owned());
+    second.coordinator.set_view(next.clone());
+    let (status, body) = acquire(&second, "broker", "broker-2", 60).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // A commit pushed while the coordinator was down clears it at start.
+    let dir = tempfile::tempdir().expect("tempdir");
+    halt_in_a_first_run(dir.path()).await;
+    let second = started_on(dir.path(), START + 120, next);
+    let view = second.rollout().await;
+    assert!(view.roles.iter().all(|r| r.halted.is_empty()), "{view:?}");
+    assert_eq!(view.history[0].event, LeaseEventKind::ClearedByNewCommit);
+    assert_eq!(
+        view.history[0].reason.as_deref(),
+        Some("new commit 3333333")
+    );
+    let (status, body) = acquire(&second, "broker", "broker-2", 60).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn an_unreadable_halt_record_halts_every_role_until_resumed_or_a_new_commit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    halt_in_a_first_run(dir.path()).await;
+    std::fs::write(dir.path().join(HALT_FILE), "{\"version\": 1, \"halts\": [").expect("write");
+
+    let second = started_on(dir.path(), START + 120, rollout_view(rules(1)));
+    for (role, node) in [
+        ("controller", "controller-1"),
+        ("broker", "broker-2"),
+        ("connect", "connect-1"),
+    ] {
+        let (status, body) = acquire(&second, role, node, 60).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        assert_eq!(
+            api_error(&body),
+            format!(
+                "the {role} rollout may be halted: the coordinator could not read its record of halted rollouts ({HALT_FILE}) when it started; push a new commit, or POST /v1/rollout/resume"
+            )
+        );
+    }
+    let view = second.rollout().await;
+    assert!(view.roles.iter().all(|r| r.halted.len() == 1), "{view:?}");
+
+    // A mistyped role is still noticed.
+    let (status, body) = second.resume("broker-2", Some("brokers")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(api_error(&body), "the brokers rollout is not halted");
+
+    // Resuming the controllers frees them alone, and a restart keeps the
+    // rest halted.
+    let (status, body) = second.resume("broker-2", Some("controller")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let third = started_on(dir.path(), START + 240, rollout_view(rules(1)));
+    let (status, body) = acquire(&third, "controller", "controller-1", 60).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = acquire(&third, "broker", "broker-2", 60).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+
+    // A new commit clears the rest (once controller-1's lease is over,
+    // Connect's turn has come).
+    third.clock.advance(61);
+    let mut next = rollout_view(rules(1));
+    next.revision = Some("3333333333333333333333333333333333333333".to_owned());
+    third.coordinator.set_view(next);
+    let (status, body) = acquire(&third, "connect", "connect-1", 60).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 }

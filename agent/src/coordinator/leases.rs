@@ -3,9 +3,14 @@
 //! a holder halted; and the history of what happened to them. Which grant
 //! may be made is decided by the caller (`super::rollout`); this table only
 //! keeps the grants and their rules of renewal, release and expiry.
+//!
+//! Halted grants and the history survive a coordinator restart: the table
+//! hands them out as [`Kept`] to be written after every change, and is
+//! rebuilt from them at start ([`LeaseTable::restore`]).
 
 use std::collections::{BTreeMap, VecDeque};
 
+use super::halt_record::{Kept, KeptHalt, Unread};
 use super::refusal::Refusal;
 use crate::protocol::{Halt, Lease, LeaseEvent, LeaseEventKind};
 
@@ -42,12 +47,17 @@ impl Grant {
 /// The grants of every role. Expired grants stay (so their holder is told
 /// "expired" rather than "not held") until their role grants again or their
 /// holder releases them; they count as free.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct LeaseTable {
     last_fencing: u64,
     grants: BTreeMap<String, Vec<Grant>>,
     /// Newest first.
     history: VecDeque<LeaseEvent>,
+    /// Set when this run could not read the record of halts it started
+    /// from: every role not resumed since counts as halted.
+    unread: Option<Unread>,
+    /// Halts or history changed since the record was last written.
+    unsaved: bool,
 }
 
 impl LeaseTable {
@@ -58,7 +68,107 @@ impl LeaseTable {
             last_fencing,
             grants: BTreeMap::new(),
             history: VecDeque::new(),
+            unread: None,
+            unsaved: false,
         }
+    }
+
+    /// The table a restarted coordinator continues from: the halted grants
+    /// and history of `kept`, fencing ids above both `first_fencing` and
+    /// the last id `kept` granted. Grants that were not halted are not
+    /// kept: the restart grace outlasts them.
+    pub(crate) fn restore(kept: Kept, first_fencing: u64) -> Self {
+        let mut grants: BTreeMap<String, Vec<Grant>> = BTreeMap::new();
+        for halt in kept.halts {
+            grants.entry(halt.role).or_default().push(Grant {
+                holder: halt.holder,
+                fencing: halt.fencing,
+                granted_at: halt.granted_at,
+                expires_at: halt.expires_at,
+                revision: halt.revision,
+                halted: Some(halt.halt),
+                halted_under: halt.halted_under,
+                expiry_recorded: false,
+            });
+        }
+        for role_grants in grants.values_mut() {
+            role_grants.sort_by_key(|g| g.fencing);
+        }
+        let mut history: VecDeque<LeaseEvent> = kept.history.into();
+        history.truncate(HISTORY);
+        let last_fencing = grants
+            .values()
+            .flatten()
+            .map(|g| g.fencing)
+            .chain(history.iter().map(|e| e.fencing))
+            .chain([kept.last_fencing, first_fencing])
+            .max()
+            .unwrap_or(first_fencing);
+        Self {
+            last_fencing,
+            grants,
+            history,
+            unread: kept.unread,
+            unsaved: false,
+        }
+    }
+
+    /// What a restart must not lose: the halted grants, the history, the
+    /// last fencing id and an unread record's halt.
+    pub(crate) fn kept(&self) -> Kept {
+        Kept {
+            last_fencing: self.last_fencing,
+            halts: self
+                .grants
+                .iter()
+                .flat_map(|(role, grants)| {
+                    grants.iter().filter_map(move |g| {
+                        Some(KeptHalt {
+                            role: role.clone(),
+                            holder: g.holder.clone(),
+                            fencing: g.fencing,
+                            granted_at: g.granted_at,
+                            expires_at: g.expires_at,
+                            revision: g.revision.clone(),
+                            halt: g.halted.clone()?,
+                            halted_under: g.halted_under.clone(),
+                        })
+                    })
+                })
+                .collect(),
+            history: self.history.iter().cloned().collect(),
+            unread: self.unread.clone(),
+        }
+    }
+
+    /// Whether halts or history changed since [`LeaseTable::mark_saved`].
+    pub(crate) fn unsaved(&self) -> bool {
+        self.unsaved
+    }
+
+    pub(crate) fn mark_saved(&mut self) {
+        self.unsaved = false;
+    }
+
+    /// The record this run started from could not be read (`reason`, as a
+    /// caller may read it): every role counts as halted until it is resumed
+    /// or a view of another revision than `under` arrives.
+    pub(crate) fn halt_all_unread(&mut self, reason: String, under: Option<String>, now: u64) {
+        self.unread = Some(Unread {
+            reason,
+            at: now,
+            under,
+            resumed: Vec::new(),
+        });
+        self.unsaved = true;
+    }
+
+    /// Why `role` counts as halted for want of a readable record, if it
+    /// does.
+    pub(crate) fn unread_halt(&self, role: &str) -> Option<&Unread> {
+        self.unread
+            .as_ref()
+            .filter(|u| !u.resumed.iter().any(|r| r == role))
     }
 
     fn record(
@@ -87,6 +197,7 @@ impl LeaseTable {
             .unwrap_or(self.history.len());
         self.history.insert(position, entry);
         self.history.truncate(HISTORY);
+        self.unsaved = true;
     }
 
     /// Records the expiry of every grant that expired since the last call.
@@ -333,14 +444,33 @@ impl LeaseTable {
         cleared.len()
     }
 
-    /// Clears the halts of `role` (every role when `None`).
+    /// Clears the halts of `role` (every role when `None`), an unread
+    /// record's included.
     pub(crate) fn resume(&mut self, role: Option<&str>, by: &str, now: u64) -> usize {
-        self.clear_halts(
-            |r, _| role.is_none_or(|wanted| wanted == r),
-            LeaseEventKind::Resumed,
-            &format!("resumed by {by}"),
-            now,
-        )
+        let mut cleared = 0;
+        match (role, &mut self.unread) {
+            (_, None) => {}
+            (None, Some(_)) => {
+                self.unread = None;
+                cleared += 1;
+            }
+            (Some(role), Some(unread)) => {
+                if !unread.resumed.iter().any(|r| r == role) {
+                    unread.resumed.push(role.to_owned());
+                    cleared += 1;
+                }
+            }
+        }
+        if cleared > 0 {
+            self.unsaved = true;
+        }
+        cleared
+            + self.clear_halts(
+                |r, _| role.is_none_or(|wanted| wanted == r),
+                LeaseEventKind::Resumed,
+                &format!("resumed by {by}"),
+                now,
+            )
     }
 
     /// A new view of `revision`: clears every halt made under another one.
@@ -349,12 +479,23 @@ impl LeaseTable {
             Some(r) => format!("new commit {}", super::rollout::short(r)),
             None => "new commit".to_owned(),
         };
-        self.clear_halts(
-            |_, g| g.halted_under.as_deref() != revision,
-            LeaseEventKind::ClearedByNewCommit,
-            &reason,
-            now,
-        )
+        let mut cleared = 0;
+        if self
+            .unread
+            .as_ref()
+            .is_some_and(|u| u.under.as_deref() != revision)
+        {
+            self.unread = None;
+            self.unsaved = true;
+            cleared += 1;
+        }
+        cleared
+            + self.clear_halts(
+                |_, g| g.halted_under.as_deref() != revision,
+                LeaseEventKind::ClearedByNewCommit,
+                &reason,
+                now,
+            )
     }
 
     /// The live leases (halted ones included), by role, oldest grant first.
@@ -373,5 +514,141 @@ impl LeaseTable {
     /// The history, newest first.
     pub(crate) fn history(&self) -> Vec<LeaseEvent> {
         self.history.iter().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: u64 = 1_700_000_000;
+
+    /// broker-1 granted and halted under view revision "r1", broker-2's
+    /// controller grant live, released history before.
+    fn halted_table() -> (LeaseTable, Lease) {
+        let mut table = LeaseTable::new(T * 1_000_000);
+        let first = table.grant("broker", "broker-3", 60, None, T);
+        table
+            .release("broker", "broker-3", first.fencing, T + 1)
+            .expect("release");
+        let granted = table.grant("broker", "broker-1", 60, Some("c1".to_owned()), T + 2);
+        table
+            .halt(
+                "broker",
+                "broker-1",
+                granted.fencing,
+                Some("c2".to_owned()),
+                "kafka.service not healthy within 10m",
+                Some("r1"),
+                T + 3,
+            )
+            .expect("halt");
+        table.grant("controller", "controller-1", 60, None, T + 4);
+        (table, granted)
+    }
+
+    #[test]
+    fn halts_history_and_fencing_survive_a_restore() {
+        let (table, granted) = halted_table();
+        assert!(table.unsaved());
+        let kept = table.kept();
+        // Only the halted grant is kept; the live one is covered by the
+        // restart grace.
+        assert_eq!(kept.halts.len(), 1);
+        assert_eq!(kept.halts[0].halted_under.as_deref(), Some("r1"));
+
+        // Restarted a second later: the start-based fencing is lower than
+        // the last id granted only if the clock went back.
+        let restored = LeaseTable::restore(kept.clone(), 1);
+        assert!(!restored.unsaved());
+        assert_eq!(restored.kept(), kept);
+        assert_eq!(restored.history(), table.history());
+        let halted = restored.halted("broker");
+        assert_eq!(halted.len(), 1);
+        assert_eq!(halted[0].holder, "broker-1");
+        assert_eq!(halted[0].fencing, granted.fencing);
+        assert_eq!(halted[0].revision.as_deref(), Some("c1"));
+        let halt = halted[0].halted.as_ref().expect("halted");
+        assert_eq!(halt.reason, "kafka.service not healthy within 10m");
+        assert_eq!(halt.revision.as_deref(), Some("c2"));
+        assert_eq!(halt.at, T + 3);
+        // The controller grant was not halted: gone.
+        assert!(restored.live_grants("controller", T + 5).is_empty());
+        // A halted grant is live long after its TTL, and its holder can
+        // still renew it.
+        let mut restored = restored;
+        assert_eq!(restored.live_grants("broker", T + 10_000).len(), 1);
+        let renewed = restored
+            .renew("broker", "broker-1", granted.fencing, 60, T + 10_000)
+            .expect("renew");
+        assert!(renewed.halted.is_some());
+
+        // Fencing ids keep growing even from a clock that went back.
+        let next = restored.grant("connect", "connect-1", 60, None, T + 10_001);
+        assert_eq!(next.fencing, kept.last_fencing + 1);
+        let later = LeaseTable::restore(kept.clone(), (T + 99) * 1_000_000);
+        assert_eq!(later.kept().last_fencing, (T + 99) * 1_000_000);
+    }
+
+    #[test]
+    fn a_restored_halt_is_cleared_by_a_new_commit_or_a_resume_only() {
+        let (table, _) = halted_table();
+        let mut restored = LeaseTable::restore(table.kept(), 0);
+        assert_eq!(restored.new_revision(Some("r1"), T + 10), 0);
+        assert_eq!(restored.halted("broker").len(), 1);
+        assert!(!restored.unsaved());
+        assert_eq!(restored.new_revision(Some("r2"), T + 11), 1);
+        assert!(restored.halted("broker").is_empty());
+        assert!(restored.unsaved());
+        assert_eq!(
+            restored.history()[0].event,
+            LeaseEventKind::ClearedByNewCommit
+        );
+
+        let mut restored = LeaseTable::restore(table.kept(), 0);
+        assert_eq!(restored.resume(Some("controller"), "broker-2", T + 10), 0);
+        assert_eq!(restored.resume(Some("broker"), "broker-2", T + 10), 1);
+        assert!(restored.halted("broker").is_empty());
+        assert_eq!(restored.kept().halts, Vec::new());
+    }
+
+    #[test]
+    fn an_unread_record_halts_every_role_until_resumed_or_a_new_commit() {
+        let mut table = LeaseTable::new(0);
+        assert!(table.unread_halt("broker").is_none());
+        table.halt_all_unread("unreadable".to_owned(), Some("r1".to_owned()), T);
+        assert!(table.unsaved());
+        for role in ["controller", "broker", "connect"] {
+            assert_eq!(
+                table.unread_halt(role).map(|u| u.reason.as_str()),
+                Some("unreadable")
+            );
+        }
+        // It is kept, so a second restart does not forget it.
+        let mut table = LeaseTable::restore(table.kept(), 0);
+        assert!(table.unread_halt("broker").is_some());
+
+        // Resuming one role frees that role only; resuming it again clears
+        // nothing.
+        assert_eq!(table.resume(Some("broker"), "broker-1", T + 1), 1);
+        assert!(table.unread_halt("broker").is_none());
+        assert!(table.unread_halt("controller").is_some());
+        assert_eq!(table.resume(Some("broker"), "broker-1", T + 1), 0);
+        let kept = LeaseTable::restore(table.kept(), 0);
+        assert!(kept.unread_halt("broker").is_none());
+        assert!(kept.unread_halt("controller").is_some());
+
+        // The same commit again clears nothing; another one clears it all.
+        assert_eq!(table.new_revision(Some("r1"), T + 2), 0);
+        assert!(table.unread_halt("controller").is_some());
+        assert_eq!(table.new_revision(Some("r2"), T + 2), 1);
+        assert!(table.unread_halt("controller").is_none());
+
+        // Resuming every role clears it too.
+        let mut table = LeaseTable::new(0);
+        table.halt_all_unread("unreadable".to_owned(), None, T);
+        assert_eq!(table.resume(None, "broker-1", T + 1), 1);
+        assert!(table.unread_halt("connect").is_none());
+        assert_eq!(table.kept().unread, None);
     }
 }

@@ -10,15 +10,17 @@
 //!
 //! **Invariant:** at most `rollout.max_unavailable` live leases per role
 //! (and `max_unavailable_per_az` per role and AZ), none while the role is
-//! halted, rollouts are paused or no maintenance window is open; every
-//! grant's fencing id is larger than every earlier one, across coordinator
-//! restarts too.
+//! halted (a halt outlives a coordinator restart; an unreadable record of
+//! halts counts as every role halted), rollouts are paused or no
+//! maintenance window is open; every grant's fencing id is larger than
+//! every earlier one, across coordinator restarts too.
 
 mod alerts;
 mod auth;
 mod clock;
 pub mod cluster;
 pub mod cluster_api;
+mod halt_record;
 mod http;
 mod leases;
 mod refusal;
@@ -42,6 +44,7 @@ pub use alerts::{
 };
 pub use auth::SIGNATURE_HEADER;
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use halt_record::{HALT_FILE, HaltRecordError};
 pub use http::{DEFAULT_POLL_SECONDS, MAX_BODY_BYTES, MAX_POLL_SECONDS, router, serve};
 pub use refusal::Refusal;
 pub use rollout::{FRESH_REPORT_SECONDS, RolloutRules};
@@ -228,13 +231,18 @@ struct State {
     enrolment: Option<Enrolment>,
     reports: BTreeMap<String, ReceivedReport>,
     leases: LeaseTable,
+    /// Where halts and the lease history are kept ([`HALT_FILE`]); `None`:
+    /// in memory only.
+    halt_record: Option<PathBuf>,
     alerts: AlertLog,
     /// What the cluster loop last found about `metadata.version`.
     metadata_version: Option<MetadataVersionView>,
 }
 
-/// The coordinator's state, shared by every request. Everything but the
-/// view is in memory only and rebuilt after a restart.
+/// The coordinator's state, shared by every request. Reports, live leases,
+/// alerts and nudges are in memory only and rebuilt after a restart; the
+/// expiry of the last lease, spent join tokens, halts and the lease history
+/// are kept in the state directory when one is given.
 pub struct Coordinator {
     signer: Arc<dyn CsrSigner>,
     clock: Arc<dyn Clock>,
@@ -368,6 +376,7 @@ impl Coordinator {
                 enrolment: None,
                 reports: BTreeMap::new(),
                 leases: LeaseTable::new(started_at.saturating_mul(FENCING_PER_SECOND)),
+                halt_record: None,
                 alerts: AlertLog::default(),
                 metadata_version: None,
             }),
@@ -397,7 +406,79 @@ impl Coordinator {
         if cleared > 0 {
             tracing::info!(revision = ?revision, cleared, "a new commit cleared halted rollouts");
         }
+        Self::save_halts(&mut state);
         tracing::info!(cluster = %state.cluster, nodes = state.roster.nodes.len(), revision = ?revision, "cluster view replaced");
+    }
+
+    /// Keeps halts, the lease history and the last fencing id in `path` (in
+    /// the coordinator's state directory), and continues from what it
+    /// holds. Call it before serving. A missing file is the first start. A
+    /// file that cannot be read or parsed is logged, and every role counts
+    /// as halted until it is resumed or a new commit arrives: the record
+    /// may have held a halt, and resuming a rollout that failed on a node
+    /// is worse than waiting for an operator. Halts made under another
+    /// commit than the view's are cleared, as a new commit would have.
+    pub fn keep_halts(&self, path: PathBuf) {
+        let now = self.clock.now();
+        let mut state = self.lock();
+        let first_fencing = self.started_at.saturating_mul(FENCING_PER_SECOND);
+        let revision = state.roster.revision.clone();
+        match halt_record::load(&path) {
+            Ok(kept) => {
+                let halts = kept.halts.len();
+                let unread = kept.unread.is_some();
+                state.leases = LeaseTable::restore(kept, first_fencing);
+                if halts > 0 || unread {
+                    tracing::warn!(path = %path.display(), halts, unread, "halted rollouts read back from the record");
+                }
+            }
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %crate::error_chain(&e), "cannot read the record of halted rollouts; every role's rollout counts as halted until it is resumed or a new commit arrives");
+                let mut leases = LeaseTable::new(first_fencing);
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                leases.halt_all_unread(
+                    format!("the coordinator could not read its record of halted rollouts ({name}) when it started"),
+                    revision.clone(),
+                    now,
+                );
+                state.leases = leases;
+            }
+        }
+        let cleared = state.leases.new_revision(revision.as_deref(), now);
+        if cleared > 0 {
+            tracing::info!(revision = ?revision, cleared, "halts made under another commit were cleared");
+        }
+        state.halt_record = Some(path);
+        // An unread record's halt is written at once, so it survives the
+        // next restart too.
+        Self::save_halts(&mut state);
+    }
+
+    /// Writes the halts and history if they changed. A failure is logged
+    /// and retried at the next change: the halts still hold in memory.
+    fn save_halts(state: &mut State) {
+        if let Err(e) = Self::write_halts(state.halt_record.as_deref(), &mut state.leases) {
+            tracing::error!(error = %crate::error_chain(&e), "cannot record halted rollouts; a coordinator restart would lose what changed since the last write");
+        }
+    }
+
+    /// Writes `leases`' halts and history to `record` if they changed.
+    fn write_halts(
+        record: Option<&std::path::Path>,
+        leases: &mut LeaseTable,
+    ) -> Result<(), HaltRecordError> {
+        let Some(path) = record else {
+            return Ok(());
+        };
+        if !leases.unsaved() {
+            return Ok(());
+        }
+        halt_record::save(path, &leases.kept())?;
+        leases.mark_saved();
+        Ok(())
     }
 
     /// Wakes every agent's nudge long-poll: the generation grows by one.
@@ -716,15 +797,22 @@ impl Coordinator {
             });
         }
         state.leases.note_expiries(now);
+        Self::save_halts(&mut state);
         let revision = request.revision.as_deref();
         match rollout::admit(&state, role, &request.node, revision, now)? {
             rollout::Admission::Holding(lease) => return Ok(lease),
             rollout::Admission::Grant => {}
         }
         self.record_lease_until(now.saturating_add(ttl))?;
-        let lease = state
-            .leases
-            .grant(role, &request.node, ttl, request.revision.clone(), now);
+        // Recorded before it is handed out: a grant whose halt could not
+        // be kept would let a restart resume a failed rollout.
+        let mut leases = state.leases.clone();
+        let lease = leases.grant(role, &request.node, ttl, request.revision.clone(), now);
+        Self::write_halts(state.halt_record.as_deref(), &mut leases).map_err(|e| {
+            tracing::error!(error = %crate::error_chain(&e), "cannot record the lease history; refusing the lease");
+            Refusal::Internal
+        })?;
+        state.leases = leases;
         tracing::info!(%role, holder = %lease.holder, fencing = lease.fencing, expires_in_seconds = lease.expires_in_seconds, others = ?lease.others, revision = ?lease.revision, "lease granted");
         Ok(lease)
     }
@@ -764,7 +852,9 @@ impl Coordinator {
         let ttl = Self::check_lease_request(&state, authenticated, role, request)?;
         let fencing = Self::fencing_of(request)?;
         self.record_lease_until(now.saturating_add(ttl))?;
-        let lease = state.leases.renew(role, &request.node, fencing, ttl, now)?;
+        let renewed = state.leases.renew(role, &request.node, fencing, ttl, now);
+        Self::save_halts(&mut state);
+        let lease = renewed?;
         tracing::debug!(%role, holder = %lease.holder, fencing, "lease renewed");
         Ok(lease)
     }
@@ -779,7 +869,9 @@ impl Coordinator {
         let mut state = self.lock();
         Self::authorize(&state, authenticated, &request.node)?;
         let fencing = Self::fencing_of(request)?;
-        state.leases.release(role, &request.node, fencing, now)?;
+        let released = state.leases.release(role, &request.node, fencing, now);
+        Self::save_halts(&mut state);
+        released?;
         tracing::info!(%role, holder = %request.node, fencing, "lease released");
         Ok(())
     }
@@ -805,7 +897,7 @@ impl Coordinator {
             });
         }
         let view_revision = state.roster.revision.clone();
-        let lease = state.leases.halt(
+        let halted = state.leases.halt(
             role,
             &request.node,
             request.fencing,
@@ -813,7 +905,10 @@ impl Coordinator {
             &request.reason,
             view_revision.as_deref(),
             now,
-        )?;
+        );
+        // A halt that cannot be recorded still holds in this run.
+        Self::save_halts(&mut state);
+        let lease = halted?;
         tracing::warn!(%role, node = %request.node, fencing = request.fencing, reason = %request.reason, "rollout halted");
         Ok(lease)
     }
@@ -829,9 +924,20 @@ impl Coordinator {
         let mut state = self.lock();
         Self::authorize(&state, authenticated, &request.node)?;
         state.leases.note_expiries(now);
+        // A role no node has is not halted by an unread record either, so a
+        // mistyped role is still a 404.
+        if let Some(role) = &request.role
+            && !state.roster.nodes.values().any(|e| &e.role == role)
+            && state.leases.halted(role).is_empty()
+        {
+            return Err(Refusal::NotHalted {
+                role: request.role.clone(),
+            });
+        }
         let cleared = state
             .leases
             .resume(request.role.as_deref(), &request.node, now);
+        Self::save_halts(&mut state);
         if cleared == 0 {
             return Err(Refusal::NotHalted {
                 role: request.role.clone(),
@@ -847,6 +953,7 @@ impl Coordinator {
         let now = self.clock.now();
         let mut state = self.lock();
         state.leases.note_expiries(now);
+        Self::save_halts(&mut state);
         rollout::view(&state, now)
     }
 
@@ -873,6 +980,7 @@ impl Coordinator {
         let now = self.clock.now();
         let mut state = self.lock();
         state.leases.note_expiries(now);
+        Self::save_halts(&mut state);
         state.leases.live(now)
     }
 

@@ -64,6 +64,12 @@ pub enum Refusal {
         revision: Option<String>,
         reason: String,
     },
+    /// The coordinator started from a record of halts it could not read,
+    /// and the role was not resumed since.
+    #[error(
+        "the {role} rollout may be halted: {reason}; push a new commit, or POST /v1/rollout/resume"
+    )]
+    HaltsUnread { role: String, reason: String },
     /// A node of an earlier role (controllers before brokers before
     /// Connect) is not done: `detail` says what it is doing.
     #[error("{earlier_role}s first: {node} {detail}")]
@@ -127,6 +133,7 @@ impl Refusal {
             | Self::RolloutPaused
             | Self::OutsideWindows { .. }
             | Self::RolloutHalted { .. }
+            | Self::HaltsUnread { .. }
             | Self::EarlierRoleBusy { .. }
             | Self::LeaseNotHeld { .. }
             | Self::FencingMismatch { .. }

@@ -117,6 +117,12 @@ pub(crate) fn admit(
             reason: halt.reason.clone(),
         });
     }
+    if let Some(unread) = state.leases.unread_halt(role) {
+        return Err(Refusal::HaltsUnread {
+            role: role.to_owned(),
+            reason: unread.reason.clone(),
+        });
+    }
     check_order(state, role, revision, now)?;
 
     if let Some(lease) = state.leases.held_by(role, node, now) {
@@ -203,6 +209,9 @@ fn check_order(state: &State, role: &str, revision: Option<&str>, now: u64) -> R
     Ok(())
 }
 
+/// The node of a halt the coordinator could not read back, in the view.
+const UNKNOWN_NODE: &str = "(unknown)";
+
 /// Roles in rollout order, then the others by name.
 fn role_order(a: &str, b: &str) -> std::cmp::Ordering {
     (rank(a).unwrap_or(u8::MAX), a).cmp(&(rank(b).unwrap_or(u8::MAX), b))
@@ -255,6 +264,14 @@ pub(crate) fn view(state: &State, now: u64) -> RolloutView {
                         at: halt.at,
                     })
                 })
+                // A halt the unread record may have held has no node.
+                .chain(state.leases.unread_halt(&role).map(|u| HaltedGrant {
+                    node: UNKNOWN_NODE.to_owned(),
+                    fencing: 0,
+                    revision: None,
+                    reason: u.reason.clone(),
+                    at: u.at,
+                }))
                 .collect();
             let waiting = state
                 .roster

@@ -217,6 +217,9 @@ pub async fn run(config_path: &Path, agent: AgentConfig) -> anyhow::Result<()> {
         webhook_secret,
         state_dir.join("leases-until"),
     );
+    // Halts and the lease history survive restarts too: a rollout halted
+    // after a failed restart stays halted.
+    coordinator.keep_halts(state_dir.join(super::HALT_FILE));
     coordinator
         .enable_enrolment(
             identity_text.clone(),
