@@ -1171,3 +1171,165 @@ fn a_node_that_does_not_come_back_is_rolled_back_and_the_rollout_halts() {
     assert_eq!(fixed.revision_applied.as_deref(), Some(fix.as_str()));
     stop.cancel();
 }
+
+#[test]
+fn a_commit_changing_the_inter_broker_password_in_place_is_refused_and_restarts_nothing() {
+    use kraftops_agent::apply::ServiceCall;
+    use kraftops_agent::coordinator::{Coordinator, SystemClock};
+    use kraftops_agent::daemon::reconcile::Reconciler;
+    use kraftops_agent::daemon::state::Trigger;
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (remote, work) = repository(tmp.path());
+    let good = git(&work, &["rev-parse", "HEAD"]);
+    let identity = desired_state::Identity::parse(
+        &std::fs::read_to_string(example().with_file_name("seed.example-only.age-identity"))
+            .expect("identity"),
+    )
+    .expect("parses");
+    // A secret of the repository, encrypted anew as an operator would.
+    let publish_secret = |changes: &[(&str, &str)], message: &str| {
+        for (name, value) in changes {
+            let file = format!("secrets/{name}.age");
+            let secret =
+                desired_state::EncryptedSecret::encrypt(&file, value, &identity.recipients())
+                    .expect("encrypts");
+            std::fs::write(work.join(&file), secret.ciphertext()).expect("write");
+        }
+        git(&work, &["commit", "-q", "-am", message]);
+        git(
+            &work,
+            &["push", "-q", remote.to_str().expect("utf8"), "HEAD:main"],
+        );
+        git(&work, &["rev-parse", "HEAD"])
+    };
+
+    // The coordinator, in process, for the broker's certificate.
+    let model = desired_state::load_dir(&work).unwrap_or_else(|d| panic!("{d}"));
+    let broker_password = {
+        let user = model
+            .users
+            .iter()
+            .find(|u| u.name.as_str() == "broker")
+            .expect("the inter-broker user");
+        model
+            .decrypt(&user.password_secret, &identity)
+            .expect("decrypts")
+            .expose()
+            .to_owned()
+    };
+    let (view, signer) =
+        kraftops_agent::coordinator::service::signer_and_view(&model, &identity).expect("view");
+    let coordinator = Coordinator::new(view, signer, std::sync::Arc::new(SystemClock), None);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let stop = tokio_util::sync::CancellationToken::new();
+    runtime.spawn(kraftops_agent::coordinator::serve(
+        listener,
+        coordinator.clone(),
+        stop.clone(),
+    ));
+
+    let root = tmp.path().join("broker-1");
+    provision(&root, "broker-1");
+    let config = || {
+        kraftops_agent::config::AgentConfig::parse(
+            Path::new("agent.yaml"),
+            &agent_config("broker-1", &root, &remote, free_port(), &url),
+        )
+        .expect("config")
+    };
+    let services = std::sync::Arc::new(kraftops_agent::apply::RecordingServiceManager::new());
+    let mut r = Reconciler::with_services(config(), services.clone()).expect("reconciler");
+    let first = r.reconcile(&Trigger::Timer, &|_| {});
+    assert_eq!(first.phase, Phase::Converged, "{first:?}");
+    let secrets_file = root.join("etc/kafka/secrets.properties");
+    let before = std::fs::read(&secrets_file).expect("secrets.properties");
+    services.take_calls();
+
+    // The inter-broker user's password changed in place: refused with the
+    // users/ file's position and the procedure; nothing written or restarted.
+    let users = std::fs::read_to_string(work.join("users/platform.yaml")).expect("users");
+    let offset = users.find("broker-password").expect("the secret");
+    let line = users[..offset].matches('\n').count() + 1;
+    let column = offset - users[..offset].rfind('\n').map_or(0, |i| i + 1) + 1;
+    let bad = publish_secret(
+        &[("broker-password", "a-new-inter-broker-password")],
+        "rotate the inter-broker password",
+    );
+    let assert_refused = |o: &kraftops_agent::daemon::reconcile::Outcome, who: &str| {
+        assert_eq!(o.phase, Phase::Refused, "{who}: {o:?}");
+        assert_eq!(o.revision_seen.as_deref(), Some(bad.as_str()), "{who}");
+        assert_eq!(o.revision_applied.as_deref(), Some(good.as_str()), "{who}");
+        let error = o.error.as_ref().expect("an error");
+        assert_eq!(error.commit.as_deref(), Some(bad.as_str()), "{who}");
+        assert!(
+            error.message.starts_with("refused: 1 change(s)"),
+            "{who}: {error:?}"
+        );
+        assert_eq!(error.problems.len(), 1, "{who}: {error:?}");
+        let p = &error.problems[0];
+        assert!(
+            p.starts_with(&format!("users/platform.yaml:{line}:{column}: the password of user broker, the security.inter_broker_user, changes in place (secrets/broker-password.age)")),
+            "{who}: {p}"
+        );
+        assert!(
+            p.contains("point security.inter_broker_user at the new user"),
+            "{who}: {p}"
+        );
+        assert!(
+            !p.contains("a-new-inter-broker-password"),
+            "{who}: a secret in {p}"
+        );
+        assert_eq!(
+            std::fs::read(&secrets_file).expect("secrets.properties"),
+            before,
+            "{who}: the broker's password file is untouched"
+        );
+        let restarts: Vec<_> = services
+            .take_calls()
+            .into_iter()
+            .filter(|c| matches!(c, ServiceCall::Restart(_) | ServiceCall::Stop(_)))
+            .collect();
+        assert!(restarts.is_empty(), "{who}: {restarts:?}");
+    };
+    let o = r.reconcile(&Trigger::Nudge, &|_| {});
+    assert_refused(&o, "the running agent");
+    // An agent started afresh loads the applied commit to compare with.
+    drop(r);
+    let mut r = Reconciler::with_services(config(), services.clone()).expect("reconciler");
+    let o = r.reconcile(&Trigger::Timer, &|_| {});
+    assert_refused(&o, "a restarted agent");
+    assert!(
+        !String::from_utf8_lossy(&before).contains("a-new-inter-broker-password"),
+        "the new password never reached the node"
+    );
+
+    // The password put back, and a client's password rotated: applied, and
+    // still nothing to restart (no broker file holds the client's).
+    let fixed = publish_secret(
+        &[
+            ("broker-password", &broker_password),
+            ("client-password", "a-new-client-password"),
+        ],
+        "put the inter-broker password back; rotate the client's",
+    );
+    let o = r.reconcile(&Trigger::Nudge, &|_| {});
+    assert_eq!(o.phase, Phase::Converged, "{o:?}");
+    assert_eq!(o.revision_applied.as_deref(), Some(fixed.as_str()));
+    assert_eq!(
+        std::fs::read(&secrets_file).expect("secrets.properties"),
+        before
+    );
+    assert!(
+        !services
+            .take_calls()
+            .iter()
+            .any(|c| matches!(c, ServiceCall::Restart(_))),
+        "nothing restarts"
+    );
+    stop.cancel();
+}

@@ -15,6 +15,9 @@
 //!
 //! [`resources::plan`] is the coordinator's pure planner for the cluster's
 //! topics, SCRAM users, ACLs and quotas: git against what Kafka reports.
+//!
+//! [`transition::check_transition`] is what a new commit may not change
+//! relative to the applied one (the cluster's own SCRAM passwords in place).
 
 pub mod broker;
 pub mod cloud_init;
@@ -30,6 +33,7 @@ pub mod properties;
 pub mod resources;
 pub mod scram;
 pub mod systemd;
+pub mod transition;
 
 use std::collections::BTreeMap;
 

@@ -138,6 +138,29 @@ pub fn coordinator_keystore(
     ))
 }
 
+/// What `next` may not change from the `accepted` model, as the agents
+/// check it before applying a commit (`roles::transition`): `None` when it
+/// may be followed, or when either side's secrets cannot be decrypted
+/// (then the resource planner's own refusal is the guard).
+fn refuse_transition(
+    accepted: &(Model, Option<roles::Secrets>),
+    next: &Model,
+    identity: &Identity,
+) -> Option<Vec<String>> {
+    let (model, Some(secrets)) = accepted else {
+        return None;
+    };
+    let next_secrets = next.decrypt_all(identity).ok()?;
+    let problems = roles::transition::check_transition(
+        roles::transition::Commit { model, secrets },
+        roles::transition::Commit {
+            model: next,
+            secrets: &next_secrets,
+        },
+    );
+    (!problems.is_empty()).then(|| problems.iter().map(ToString::to_string).collect())
+}
+
 /// Fetches the repository and loads the head (blocking).
 fn load_head(repo: &mut Repo) -> anyhow::Result<(String, Model)> {
     let head = repo
@@ -268,6 +291,11 @@ pub async fn run(config_path: &Path, agent: AgentConfig) -> anyhow::Result<()> {
     // Follow the repository: nodes, tokens and the CA come from git. A
     // refresh also nudges every agent, so a push reaches them at once.
     let mut last = head;
+    // The model the coordinator follows and its secret values: a new head
+    // is checked against them as every agent checks it (`refused` keeps one
+    // warning per refused head).
+    let mut accepted = (model.clone(), model.decrypt_all(&identity).ok());
+    let mut refused: Option<String> = None;
     let mut generation = coordinator.generation();
     let poll = Duration::from_secs(model.cluster.agent.poll_interval.as_secs().max(5));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -316,8 +344,17 @@ pub async fn run(config_path: &Path, agent: AgentConfig) -> anyhow::Result<()> {
         .context("the loading thread panicked")?;
         repo = back;
         match loaded {
+            Ok((head, _)) if refused.as_ref() == Some(&head) => {}
+            Ok((head, model))
+                if head != last
+                    && let Some(problems) = refuse_transition(&accepted, &model, &identity) =>
+            {
+                tracing::warn!(commit = %head, problems = %problems.join("\n"), "refused: keeping the previous view, as the agents keep their commit");
+                refused = Some(head);
+            }
             Ok((head, model)) if head != last => match view_of(&model, &identity) {
                 Ok((mut view, _)) => {
+                    accepted = (model.clone(), model.decrypt_all(&identity).ok());
                     let _ = heads.send(super::cluster::Head {
                         commit: head.clone(),
                         model: Arc::new(model),
@@ -346,4 +383,52 @@ pub async fn run(config_path: &Path, agent: AgentConfig) -> anyhow::Result<()> {
         tls_server.await.context("the TLS server task panicked")??;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example() -> std::path::PathBuf {
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../desired-state/examples/seed")
+    }
+
+    #[test]
+    fn a_head_changing_a_cluster_login_in_place_is_not_followed() {
+        let identity = Identity::parse(
+            &std::fs::read_to_string(example().with_file_name("seed.example-only.age-identity"))
+                .expect("identity"),
+        )
+        .expect("parses");
+        let files = desired_state::read_repository(&example()).expect("reads");
+        let model = desired_state::load_files(&files).expect("loads");
+        let accepted = (model.clone(), model.decrypt_all(&identity).ok());
+        assert!(accepted.1.is_some());
+        assert_eq!(refuse_transition(&accepted, &model, &identity), None);
+
+        let with = |secret: &str, value: &str| {
+            let file = format!("secrets/{secret}.age");
+            let encrypted =
+                desired_state::EncryptedSecret::encrypt(&file, value, &identity.recipients())
+                    .expect("encrypts");
+            let mut files = files.clone();
+            files.insert(file, encrypted.ciphertext().to_vec());
+            desired_state::load_files(&files).expect("loads")
+        };
+        // The admin password: the coordinator would log in with it before
+        // Kafka has it. Refused, at the users/ file.
+        let problems = refuse_transition(&accepted, &with("admin-password", "new"), &identity)
+            .expect("refused");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("users/platform.yaml:")
+                && problems[0].contains("user admin, the security.admin_user, changes in place"),
+            "{problems:?}"
+        );
+        // A client's password is the coordinator's to set: followed.
+        assert_eq!(
+            refuse_transition(&accepted, &with("client-password", "new"), &identity),
+            None
+        );
+    }
 }

@@ -442,7 +442,46 @@ impl Reconciler {
             .map_err(|e| error(format!("refused: {}", chain(&e)), Some(commit), vec![]))?;
         let plan = roles::render(&model, &self.config.node, &secrets)
             .map_err(|e| error(format!("refused: {}", chain(&e)), Some(commit), vec![]))?;
+        if checks && let Some((_, applied_model)) = &self.current {
+            let problems = roles::transition::check_transition(
+                roles::transition::Commit {
+                    model: applied_model,
+                    secrets: &self.secrets,
+                },
+                roles::transition::Commit {
+                    model: &model,
+                    secrets: &secrets,
+                },
+            );
+            if !problems.is_empty() {
+                let from = applied.as_deref().unwrap_or("the applied commit");
+                return Err(error(
+                    format!(
+                        "refused: {} change(s) that cannot be made in place from {from}",
+                        problems.len()
+                    ),
+                    Some(commit),
+                    problems.iter().map(ToString::to_string).collect(),
+                ));
+            }
+        }
         Ok((plan, model, signer, secrets))
+    }
+
+    /// Loads the applied commit's plan, model and secrets when they are not
+    /// in memory yet (after the agent started): a new commit is checked
+    /// against them. Failing is left to the caller's own fallback.
+    fn load_current(&mut self) -> Result<(), ReportedError> {
+        if self.current.is_some() {
+            return Ok(());
+        }
+        let Some(commit) = self.applied.commit.clone() else {
+            return Ok(());
+        };
+        let (plan, model, _, secrets) = self.evaluate(&commit, false)?;
+        self.current = Some((plan, model));
+        self.secrets = secrets;
+        Ok(())
     }
 
     /// Adds each certificate's keystore to `plan` as a file: the existing one
@@ -985,6 +1024,13 @@ impl Reconciler {
             .filter(|h| Some(h) != self.applied.commit.as_ref())
             .filter(|_| failed_before.is_none())
         {
+            // A new commit is checked against the one the node runs
+            // (`roles::transition`); without it (its tree unreadable) the
+            // check cannot run, and the coordinator's planner is the
+            // remaining guard.
+            if let Err(e) = self.load_current() {
+                tracing::warn!(error = %e.message, "the applied commit does not load; a new commit is not checked against it");
+            }
             match self.evaluate(&h, true) {
                 Ok((plan, model, signer, secrets)) => {
                     new_revision = true;

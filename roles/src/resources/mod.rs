@@ -33,6 +33,10 @@
 //!   the caller's recorded [`PasswordDigest`] differs from git's (or there is
 //!   no record). Other SCRAM mechanisms of a user in git are deleted: only
 //!   SCRAM-SHA-512 logins are kraftops'.
+//! - The inter-broker user's password is never changed in place: a changed
+//!   password in git is a refusal at its `password_secret`, since brokers
+//!   read theirs only at start (the agents refuse such a commit first, see
+//!   [`crate::transition`]).
 //!
 //! Order: topic creations, partition increases and config changes; users'
 //! credentials, quotas, added ACLs, then removed ACLs (so a changed rule is
@@ -713,7 +717,22 @@ impl<'a> Planner<'a> {
                 }
             },
         };
-        if let Some(reason) = reason {
+        // Brokers read the inter-broker password only at start, so a new
+        // credential set now locks out every broker not yet restarted with
+        // it (the agents refuse such a commit; this is the second line).
+        // The admin user needs no such rule: the coordinator is logged in
+        // with git's password, so Kafka already holds it.
+        let inter_broker = &self.model.cluster.security.inter_broker_user;
+        if reason == Some(CredentialReason::PasswordChanged) && **inter_broker == *u.name {
+            let secret = u.password_secret.as_str();
+            self.refusals.push(Refusal {
+                resource: format!("user {name}"),
+                location: SourceLocation::at(file, u.password_secret.pos),
+                message: format!(
+                    "the password of user {name}, the security.inter_broker_user, changed in git (secrets/{secret}.age): kraftops does not change it in place, since brokers that still hold the other password could no longer open inter-broker connections; put the previous password back, or switch security.inter_broker_user to a new user defined in an earlier commit"
+                ),
+            });
+        } else if let Some(reason) = reason {
             let description = format!(
                 "set the {MECHANISM} credential of user {name} ({desired_iterations} iterations; {reason})"
             );

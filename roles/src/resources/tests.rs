@@ -871,6 +871,61 @@ fn credentials_are_set_again_only_when_something_differs() {
     assert_eq!(p.drift[0].resource, "user client");
 }
 
+#[test]
+fn an_inter_broker_password_changed_in_git_is_refused_not_set() {
+    let model = seed();
+    let converged = converged(&model);
+    let rotated = password_digests(&model, &secrets(&model, &["broker"])).expect("digests");
+    let p = plan(&model, &rotated, &converged);
+    assert!(credential_actions(&p).is_empty(), "{:#?}", descriptions(&p));
+    assert_eq!(p.refusals.len(), 1, "{:#?}", p.refusals);
+    let refusal = &p.refusals[0];
+    assert_eq!(refusal.resource, "user broker");
+    // At the user's password_secret, the value to put back.
+    let text = String::from_utf8(seed_files()["users/platform.yaml"].clone()).expect("UTF-8");
+    let offset = text.find("broker-password").expect("the secret");
+    let line = text[..offset].matches('\n').count() + 1;
+    let column = offset - text[..offset].rfind('\n').map_or(0, |i| i + 1) + 1;
+    assert_eq!(
+        at(&refusal.location),
+        format!("users/platform.yaml:{line}:{column}")
+    );
+    assert!(
+        refusal.message.contains(
+            "the security.inter_broker_user, changed in git (secrets/broker-password.age)"
+        ) && refusal.message.contains("put the previous password back"),
+        "{}",
+        refusal.message
+    );
+    assert!(
+        !refusal.message.contains("rotated-"),
+        "no secret in a refusal"
+    );
+    // Nothing else differs: the refusal is all there is.
+    assert!(p.actions.is_empty(), "{:#?}", descriptions(&p));
+
+    // A missing credential is still created, and other iterations set: the
+    // password is the one the brokers hold.
+    let mut observed = converged.clone();
+    observed.scram_users.remove("broker");
+    let p = plan(&model, &digests(&model), &observed);
+    assert!(p.refusals.is_empty(), "{:#?}", p.refusals);
+    assert!(matches!(
+        credential_actions(&p)[..],
+        [Action::UpsertScramCredential { user, reason: CredentialReason::Missing, .. }] if user == "broker"
+    ));
+
+    // The admin user's change is planned: the coordinator is logged in with
+    // git's password, so Kafka holds it already.
+    let rotated = password_digests(&model, &secrets(&model, &["admin"])).expect("digests");
+    let p = plan(&model, &rotated, &converged);
+    assert!(p.refusals.is_empty(), "{:#?}", p.refusals);
+    assert!(matches!(
+        credential_actions(&p)[..],
+        [Action::UpsertScramCredential { user, reason: CredentialReason::PasswordChanged, .. }] if user == "admin"
+    ));
+}
+
 /// The name of a user of the example, as the model holds it.
 fn user_name<'a>(model: &'a Model, name: &str) -> &'a desired_state::types::UserName {
     &model
