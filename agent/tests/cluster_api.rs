@@ -7,9 +7,12 @@
 //!
 //! Against a real Apache Kafka (`common::Kafka`, one KRaft node): a
 //! coordinator with an admin client to it in its `ClusterScope`, served on
-//! 127.0.0.1; a topic made, records produced and a group's offsets
-//! committed with Kafka's own console tools; the group's lag checked
-//! exactly and against `kafka-consumer-groups.sh`; topics, brokers and
+//! 127.0.0.1; a topic made, records produced and offsets committed with
+//! Kafka's own console tools by a classic group and by a group of the
+//! KIP-848 consumer protocol; both groups' lag checked exactly and against
+//! `kafka-consumer-groups.sh`, then with a live member each (members,
+//! hosts, assignments, epochs, the member owning each partition's lag, as
+//! the tool shows them too); topics, brokers and
 //! health checked, every response checked against the document's schemas;
 //! `kraftops-agent status` run against it; the status page loaded in
 //! headless Chromium; and schemathesis run over the whole document.
@@ -810,6 +813,8 @@ fn consumer_group(kafka: &Kafka, http: &Http) {
     assert_eq!(group.group_id, "g");
     assert_eq!(group.state, "Empty");
     assert_eq!(group.protocol_type, "consumer");
+    assert_eq!(group.group_type.as_deref(), Some("classic"));
+    assert_eq!((group.group_epoch, group.assignment_epoch), (None, None));
     assert_eq!(group.member_count, 0);
     assert_eq!(group.total_lag, 40, "100 produced, 60 consumed");
     assert_eq!(
@@ -831,51 +836,11 @@ fn consumer_group(kafka: &Kafka, http: &Http) {
     assert!(group.offsets.iter().all(|o| o.topic == "test-topic"));
 
     // Kafka's own tool gives the same offsets and lag per partition.
-    let described = run_tool(
-        kafka,
-        "kafka-consumer-groups.sh",
-        &["--command-config", &config, "--describe", "--group", "g"],
-        None,
-    );
-    report!("kafka-consumer-groups.sh --describe:\n{described}");
-    let mut rows = 0;
-    for line in described.lines() {
-        let cols: Vec<&str> = line.split_whitespace().collect();
-        if cols.first() != Some(&"g") {
-            continue;
-        }
-        let partition: i32 = cols[2].parse().expect("partition");
-        let theirs: Vec<i64> = cols[3..6].iter().map(|c| c.parse().unwrap_or(0)).collect();
-        let ours = group
-            .offsets
-            .iter()
-            .find(|o| o.topic == cols[1] && o.partition == partition)
-            .unwrap_or_else(|| panic!("no offsets of {}-{partition}", cols[1]));
-        assert_eq!(
-            theirs,
-            vec![
-                ours.committed.unwrap_or(0),
-                ours.latest.expect("latest"),
-                ours.lag.expect("lag")
-            ],
-            "{line}"
-        );
-        rows += 1;
-    }
-    assert_eq!(rows, group.offsets.len(), "{described}");
+    same_as_kafka_consumer_groups(kafka, "g", &group);
 
-    let (status, body) = http.get("/consumer-groups", "/consumer-groups");
-    assert_eq!(status, 200);
-    assert!(
-        body["groups"]
-            .as_array()
-            .expect("groups")
-            .iter()
-            .any(|g| g["group_id"] == "g" && g["protocol_type"] == "consumer"),
-        "{body}"
-    );
     // A group of the new consumer protocol (KIP-848), which DescribeGroups
-    // does not describe as a classic group: still its offsets and lag.
+    // does not describe: ConsumerGroupDescribe does, offsets and lag
+    // as for a classic group.
     let printed = run_tool(
         kafka,
         "kafka-console-consumer.sh",
@@ -899,13 +864,194 @@ fn consumer_group(kafka: &Kafka, http: &Http) {
     assert_eq!(printed.lines().count(), 30);
     let (status, body) = http.get("/consumer-groups/{id}", "/consumer-groups/g-new");
     assert_eq!(status, 200, "{body}");
-    report!("group g-new: {body}");
-    assert_eq!(body["total_lag"], 70, "{body}");
-    assert_ne!(body["state"], "Dead", "{body}");
+    let group: GroupDetail = serde_json::from_value(body).expect("a group");
+    report!("group g-new: {group:?}");
+    assert_eq!(group.group_type.as_deref(), Some("consumer"));
+    assert_eq!(group.protocol_type, "consumer");
+    assert_eq!(group.state, "Empty");
+    assert_eq!(group.member_count, 0);
+    assert!(group.group_epoch.is_some_and(|e| e >= 1), "{group:?}");
+    assert_eq!(group.total_lag, 70, "100 produced, 30 consumed");
+    same_as_kafka_consumer_groups(kafka, "g-new", &group);
+
+    let (status, body) = http.get("/consumer-groups", "/consumer-groups");
+    assert_eq!(status, 200);
+    let listed: BTreeMap<String, (Value, Value)> = body["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .map(|g| {
+            (
+                g["group_id"].as_str().expect("id").to_owned(),
+                (g["protocol_type"].clone(), g["group_type"].clone()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed.get("g"),
+        Some(&(json!("consumer"), json!("classic"))),
+        "{body}"
+    );
+    assert_eq!(
+        listed.get("g-new"),
+        Some(&(json!("consumer"), json!("consumer"))),
+        "{body}"
+    );
+
+    // Live members that never commit (so the lag stays what the groups
+    // committed above), one group of each protocol: members, hosts,
+    // assignments, and which member each partition's lag belongs to.
+    let classic = kafka.live_consumer(
+        "test-topic",
+        "g",
+        &["client.id=kraftops-classic", "enable.auto.commit=false"],
+    );
+    let group = stable_with_one_member(kafka, http, "g");
+    same_as_kafka_consumer_groups(kafka, "g", &group);
+    drop(classic);
+    assert_eq!(group.group_type.as_deref(), Some("classic"));
+    assert!(!group.protocol.is_empty(), "the assignor: {group:?}");
+    let member = &group.members[0];
+    assert_eq!(member.client_id, "kraftops-classic");
+    assert_eq!(
+        (member.member_epoch, &member.target_assignment),
+        (None, &None)
+    );
+    assert_eq!(group.total_lag, 40, "still 60 of 100 committed");
+
+    let consumer = kafka.live_consumer(
+        "test-topic",
+        "g-new",
+        &[
+            "group.protocol=consumer",
+            "client.id=kraftops-kip848",
+            "enable.auto.commit=false",
+        ],
+    );
+    let group = stable_with_one_member(kafka, http, "g-new");
+    // Kafka's tool while the member is still there.
+    same_as_kafka_consumer_groups(kafka, "g-new", &group);
+    drop(consumer);
+    assert_eq!(group.group_type.as_deref(), Some("consumer"));
+    assert_eq!(group.protocol, "uniform", "Kafka's default assignor");
+    let epoch = group.group_epoch.expect("a group epoch");
+    assert_eq!(group.assignment_epoch, Some(epoch), "{group:?}");
+    let member = &group.members[0];
+    assert_eq!(member.client_id, "kraftops-kip848");
+    assert_eq!(member.member_epoch, Some(epoch), "reconciled: {group:?}");
+    assert_eq!(
+        member.target_assignment.as_ref(),
+        Some(&member.assignment),
+        "reconciled: {group:?}"
+    );
+    assert_eq!(group.total_lag, 70, "still 30 of 100 committed");
 
     let (status, body) = http.get("/consumer-groups/{id}", "/consumer-groups/no-such-group");
     assert_eq!(status, 404, "{body}");
     assert_eq!(body["error"]["code"], "not_found");
+}
+
+/// Waits until `GET /consumer-groups/{group}` shows the group `Stable`
+/// with one member assigned every partition of `test-topic`, and checks
+/// that member's view: its host, and each partition's lag assigned to it.
+fn stable_with_one_member(kafka: &Kafka, http: &Http, group: &str) -> GroupDetail {
+    let uri = format!("/consumer-groups/{group}");
+    let detail = wait_for(
+        &format!("group {group} to be stable with one member"),
+        Duration::from_secs(90),
+        kafka,
+        || {
+            let (status, body) = http.get("/consumer-groups/{id}", &uri);
+            assert_eq!(status, 200, "{body}");
+            let detail: GroupDetail = serde_json::from_value(body).expect("a group");
+            (detail.state == "Stable"
+                && detail.member_count == 1
+                && detail.members.iter().all(|m| m.assignment.len() == 3))
+            .then_some(detail)
+        },
+    );
+    report!("group {group} with a live member: {detail:?}");
+    let [member] = detail.members.as_slice() else {
+        panic!("one member: {detail:?}");
+    };
+    assert!(member.host.contains("127.0.0.1"), "{member:?}");
+    let assigned: Vec<(&str, i32)> = member
+        .assignment
+        .iter()
+        .map(|p| (p.topic.as_str(), p.partition))
+        .collect();
+    assert_eq!(
+        assigned,
+        [("test-topic", 0), ("test-topic", 1), ("test-topic", 2)]
+    );
+    assert_eq!(detail.offsets.len(), 3, "every assigned partition");
+    for o in &detail.offsets {
+        assert_eq!(o.member_id.as_ref(), Some(&member.member_id), "{o:?}");
+        assert_eq!(o.latest.map(|l| l > 0), Some(true), "{o:?}");
+    }
+    assert_eq!(
+        detail.offsets.iter().filter_map(|o| o.latest).sum::<i64>(),
+        100
+    );
+    detail
+}
+
+/// `kafka-consumer-groups.sh --describe` shows the same committed offset,
+/// end offset and lag of each partition as `group`, and, for a partition
+/// assigned to a live member, the same member id, host and client id.
+fn same_as_kafka_consumer_groups(kafka: &Kafka, id: &str, group: &GroupDetail) {
+    let config = kafka.tool_config.display().to_string();
+    let described = run_tool(
+        kafka,
+        "kafka-consumer-groups.sh",
+        &["--command-config", &config, "--describe", "--group", id],
+        None,
+    );
+    report!("kafka-consumer-groups.sh --describe --group {id}:\n{described}");
+    let mut rows = 0;
+    for line in described.lines() {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        if cols.first() != Some(&id) {
+            continue;
+        }
+        let partition: i32 = cols[2].parse().expect("partition");
+        let theirs: Vec<i64> = cols[3..6].iter().map(|c| c.parse().unwrap_or(0)).collect();
+        let ours = group
+            .offsets
+            .iter()
+            .find(|o| o.topic == cols[1] && o.partition == partition)
+            .unwrap_or_else(|| panic!("no offsets of {}-{partition}", cols[1]));
+        assert_eq!(
+            theirs,
+            vec![
+                ours.committed.unwrap_or(0),
+                ours.latest.expect("latest"),
+                // The tool shows `-` (0 here) where nothing is committed.
+                if ours.committed.is_some() {
+                    ours.lag.expect("lag")
+                } else {
+                    0
+                },
+            ],
+            "{line}"
+        );
+        let owner = group
+            .members
+            .iter()
+            .find(|m| Some(&m.member_id) == ours.member_id.as_ref());
+        let their_member = cols.get(6..9).filter(|c| c[0] != "-");
+        match (owner, their_member) {
+            (Some(m), Some(c)) => assert_eq!(
+                [c[0], c[1], c[2]],
+                [m.member_id.as_str(), m.host.as_str(), m.client_id.as_str()],
+                "{line}"
+            ),
+            (None, None) => {}
+            (ours, theirs) => panic!("{line}: our member {ours:?}, theirs {theirs:?}"),
+        }
+        rows += 1;
+    }
+    assert_eq!(rows, group.offsets.len(), "{described}");
 }
 
 fn topics(http: &Http) {

@@ -12,15 +12,15 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{ADMIN_PASSWORD, Kafka, wait_for};
 use kraftops_agent::kafka::{
     AclBinding, AclFilter, AclOperation, AclPatternType, AclPermission, AclResourceType,
-    AdminClient, ClusterAdmin, ConfigOp, FeatureUpdateKind, KafkaAdmin, KafkaError, NewPartitions,
-    NewTopic, QuotaEntity, QuotaFilter, QuotaKey, QuotaOp, ScramDeletion, ScramMechanism,
-    ScramUpsert, TopicConfigChange, TopicPartition,
+    AdminClient, ClusterAdmin, ConfigOp, FeatureUpdateKind, GroupType, KafkaAdmin, KafkaError,
+    NewPartitions, NewTopic, QuotaEntity, QuotaFilter, QuotaKey, QuotaOp, ScramDeletion,
+    ScramMechanism, ScramUpsert, TopicConfigChange, TopicPartition,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -639,16 +639,6 @@ fn run_tool(kafka: &Kafka, name: &str, args: &[&str], stdin: Option<String>) -> 
     stdout
 }
 
-/// A console consumer that stays in group `live` until killed.
-struct LiveConsumer(Child);
-
-impl Drop for LiveConsumer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn consumer_groups(kafka: &Kafka, admin: &AdminClient) {
     let config = kafka.tool_config.display().to_string();
     // 100 keyed records over both partitions of `orders`.
@@ -775,24 +765,7 @@ fn consumer_groups(kafka: &Kafka, admin: &AdminClient) {
     );
 
     // A member that stays: its client, host and decoded assignment.
-    let live = LiveConsumer(
-        kafka
-            .tool("kafka-console-consumer.sh")
-            .args(["--bootstrap-server", &kafka.internal])
-            .args([
-                "--topic",
-                "orders",
-                "--group",
-                "app-live",
-                "--consumer.config",
-            ])
-            .arg(&config)
-            .args(["--consumer-property", "client.id=kraftops-live"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("console consumer"),
-    );
+    let live = kafka.live_consumer("orders", "app-live", &["client.id=kraftops-live"]);
     let group = wait_for(
         "app-live to be stable",
         Duration::from_secs(60),
@@ -829,6 +802,70 @@ fn consumer_groups(kafka: &Kafka, admin: &AdminClient) {
         Ok(g) => assert_eq!(g.state, "Dead", "{g:?}"),
         Err(e) => assert!(e.to_string().contains("group no-such-group"), "{e}"),
     }
+    assert!(
+        group.group_epoch.is_none() && member.member_epoch.is_none(),
+        "{group:?}"
+    );
+
+    // A member of the KIP-848 protocol: ConsumerGroupDescribe gives its
+    // client, host, epochs and assignment (the broker's assignor).
+    let live = kafka.live_consumer(
+        "orders",
+        "app-848",
+        &["group.protocol=consumer", "client.id=kraftops-848"],
+    );
+    let group = wait_for(
+        "app-848 to be stable",
+        Duration::from_secs(60),
+        kafka,
+        || {
+            let described = admin
+                .describe_consumer_groups(&["app-848".to_owned()])
+                .expect("describe consumer groups");
+            let (_, result) = described.items.into_iter().next()?;
+            result.ok().filter(|g| {
+                g.state == "Stable" && g.members.iter().any(|m| m.assignment.len() == 2)
+            })
+        },
+    );
+    report!("describe_consumer_groups(app-848): {group:?}");
+    let classic = admin
+        .describe_groups(&["app-848".to_owned()])
+        .expect("describe groups");
+    drop(live);
+    assert_eq!(group.group_type, GroupType::Consumer);
+    assert_eq!(group.protocol_type, "consumer");
+    assert_eq!(group.protocol, "uniform", "Kafka's default assignor");
+    let epoch = group.group_epoch.expect("a group epoch");
+    assert!(epoch >= 1, "{group:?}");
+    assert_eq!(group.assignment_epoch, Some(epoch));
+    let [member] = group.members.as_slice() else {
+        panic!("one member: {group:?}");
+    };
+    assert_eq!(member.client_id, "kraftops-848");
+    assert!(member.client_host.contains("127.0.0.1"), "{member:?}");
+    assert_eq!(member.assignment, orders.to_vec());
+    assert_eq!(member.target_assignment.as_deref(), Some(&orders[..]));
+    assert_eq!(member.member_epoch, Some(epoch));
+    // Each describe call knows only its own type of group.
+    match &classic.items[0].1 {
+        Err(KafkaError::Kafka { code, .. }) => assert_eq!(code, "GROUP_ID_NOT_FOUND"),
+        other => panic!("DescribeGroups of a consumer group: {other:?}"),
+    }
+    let not_consumer = admin
+        .describe_consumer_groups(&["app-batch".to_owned()])
+        .expect("describe consumer groups");
+    match &not_consumer.items[0].1 {
+        Err(KafkaError::Kafka { code, .. }) => assert_eq!(code, "GROUP_ID_NOT_FOUND"),
+        other => panic!("ConsumerGroupDescribe of a classic group: {other:?}"),
+    }
+    let listed = admin.list_groups().expect("list groups");
+    let types: BTreeMap<&str, Option<&str>> = listed
+        .iter()
+        .map(|g| (g.group_id.as_str(), g.group_type.as_deref()))
+        .collect();
+    assert_eq!(types.get("app-848"), Some(&Some("consumer")), "{listed:?}");
+    assert_eq!(types.get("app-batch"), Some(&Some("classic")), "{listed:?}");
 }
 
 #[test]

@@ -30,7 +30,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{ClusterScope, Coordinator};
 use crate::connect::ConnectorsReport;
-use crate::kafka::{ClusterAdmin, KafkaError, TopicMetadata, TopicPartition};
+use crate::kafka::{
+    ClusterAdmin, GroupDescription, ItemResults, KafkaError, TopicMetadata, TopicPartition,
+};
 
 type Shared = State<Arc<Coordinator>>;
 
@@ -1098,8 +1100,17 @@ pub struct GroupDetail {
     pub group_id: String,
     pub state: String,
     pub protocol_type: String,
-    /// The assignor, e.g. `range`.
+    /// The assignor, e.g. `range` (classic), `uniform` (consumer).
     pub protocol: String,
+    /// The rebalance protocol: `classic` (described by DescribeGroups) or
+    /// `consumer` (KIP-848, described by ConsumerGroupDescribe); for a
+    /// group neither describes, what ListGroups says (`share`, `streams`),
+    /// or `null`.
+    pub group_type: Option<String>,
+    /// Consumer groups: the group's epoch and the epoch of its target
+    /// assignment; `null` for other groups.
+    pub group_epoch: Option<i32>,
+    pub assignment_epoch: Option<i32>,
     pub members: Vec<MemberView>,
     pub member_count: usize,
     /// Every partition the group committed an offset for or is assigned.
@@ -1114,7 +1125,13 @@ pub struct MemberView {
     pub group_instance_id: Option<String>,
     pub client_id: String,
     pub host: String,
+    /// The partitions it owns.
     pub assignment: Vec<PartitionRef>,
+    /// Consumer groups: the member's epoch, behind the group's assignment
+    /// epoch while it reconciles, and the partitions the broker's assignor
+    /// gave it, which it owns once reconciled; `null` in classic groups.
+    pub member_epoch: Option<i32>,
+    pub target_assignment: Option<Vec<PartitionRef>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -1145,6 +1162,52 @@ pub fn lag_of(committed: Option<i64>, latest: Option<i64>) -> Option<i64> {
     Some(latest?.saturating_sub(committed?).max(0))
 }
 
+type Describe<'a> =
+    &'a dyn Fn(&[String]) -> Result<ItemResults<String, GroupDescription>, KafkaError>;
+
+/// `group` as Kafka describes it: as a classic group (`describe_classic`,
+/// DescribeGroups), else as a KIP-848 consumer group (`describe_consumer`,
+/// ConsumerGroupDescribe); `None` when neither describes it (it does not
+/// exist, or is of another type, such as a share group).
+fn describe_group(
+    group: &str,
+    describe_classic: Describe<'_>,
+    describe_consumer: Describe<'_>,
+) -> Result<Option<GroupDescription>, ApiFailure> {
+    let ids = [group.to_owned()];
+    let classic = only_description("DescribeGroups", describe_classic(&ids))?
+        // Before version 6, DescribeGroups answers a group of another type,
+        // or none, as `Dead` with no members.
+        .filter(|d| !(d.state == "Dead" && d.members.is_empty()));
+    if classic.is_some() {
+        return Ok(classic);
+    }
+    match describe_consumer(&ids) {
+        // A broker before Kafka 3.7 has no consumer groups to describe.
+        Err(KafkaError::Unsupported { .. }) => Ok(None),
+        answer => only_description("ConsumerGroupDescribe", answer),
+    }
+}
+
+/// The one group `answer` describes; `None` for `GROUP_ID_NOT_FOUND`.
+fn only_description(
+    api: &'static str,
+    answer: Result<ItemResults<String, GroupDescription>, KafkaError>,
+) -> Result<Option<GroupDescription>, ApiFailure> {
+    let described = answer
+        .map_err(|e| ApiFailure::kafka(api, &e))?
+        .items
+        .into_iter()
+        .next()
+        .map(|(_, r)| r);
+    match described {
+        Some(Ok(d)) => Ok(Some(d)),
+        Some(Err(KafkaError::Kafka { code, .. })) if code == "GROUP_ID_NOT_FOUND" => Ok(None),
+        Some(Err(e)) => Err(ApiFailure::kafka(api, &e)),
+        None => Ok(None),
+    }
+}
+
 async fn get_group(
     State(coordinator): Shared,
     id: Result<Path<String>, PathRejection>,
@@ -1153,24 +1216,14 @@ async fn get_group(
     let admin = admin_of(&coordinator.cluster_scope())?;
     let group = id.clone();
     let (description, listed, committed, latest) = kafka(admin, move |admin| {
-        let described = admin
-            .describe_groups(std::slice::from_ref(&group))
-            .map_err(|e| ApiFailure::kafka("DescribeGroups", &e))?
-            .items
-            .into_iter()
-            .next()
-            .map(|(_, r)| r);
-        let description = match described {
-            Some(Ok(d)) => Some(d),
-            Some(Err(KafkaError::Kafka { code, .. })) if code == "GROUP_ID_NOT_FOUND" => None,
-            Some(Err(e)) => return Err(ApiFailure::kafka("DescribeGroups", &e)),
-            None => None,
-        };
+        let description = describe_group(&group, &|ids| admin.describe_groups(ids), &|ids| {
+            admin.describe_consumer_groups(ids)
+        })?;
         let committed = admin
             .committed_offsets(&group)
             .map_err(|e| ApiFailure::kafka("OffsetFetch", &e))?;
-        // DescribeGroups describes classic groups only; a group of the
-        // new consumer protocol (KIP-848) is still listed with its state.
+        // A group neither call describes (a share or streams group) is
+        // still listed with its type and state.
         let listed = if description.is_none() && !committed.is_empty() {
             admin
                 .list_groups()
@@ -1196,14 +1249,20 @@ async fn get_group(
         Ok((description, listed, committed, latest))
     })
     .await?;
-    let dead = description
-        .as_ref()
-        .is_none_or(|d| d.state == "Dead" && d.members.is_empty());
-    if dead && committed.is_empty() {
+    if description.is_none() && committed.is_empty() {
         return Err(ApiFailure::not_found(format!(
             "Kafka has no consumer group {id:?}"
         )));
     }
+    let refs = |partitions: &[TopicPartition]| {
+        partitions
+            .iter()
+            .map(|tp| PartitionRef {
+                topic: tp.topic.clone(),
+                partition: tp.partition,
+            })
+            .collect::<Vec<_>>()
+    };
     let members: Vec<MemberView> = description
         .iter()
         .flat_map(|d| &d.members)
@@ -1212,14 +1271,9 @@ async fn get_group(
             group_instance_id: m.group_instance_id.clone(),
             client_id: m.client_id.clone(),
             host: m.client_host.clone(),
-            assignment: m
-                .assignment
-                .iter()
-                .map(|tp| PartitionRef {
-                    topic: tp.topic.clone(),
-                    partition: tp.partition,
-                })
-                .collect(),
+            assignment: refs(&m.assignment),
+            member_epoch: m.member_epoch,
+            target_assignment: m.target_assignment.as_deref().map(refs),
         })
         .collect();
     let owner = |tp: &TopicPartition| {
@@ -1257,25 +1311,37 @@ async fn get_group(
     }
     offsets.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
     let total_lag = offsets.iter().filter_map(|o| o.lag).sum();
-    let (state, protocol_type, protocol) = match (description, listed) {
-        (Some(d), _) => (d.state, d.protocol_type, d.protocol),
-        (None, Some(l)) => (
-            l.state.unwrap_or_else(|| "Unknown".to_owned()),
-            l.protocol_type,
-            String::new(),
-        ),
-        (None, None) => ("Dead".to_owned(), String::new(), String::new()),
-    };
-    Ok(Json(GroupDetail {
+    let mut detail = GroupDetail {
         group_id: id,
-        state,
-        protocol_type,
-        protocol,
+        state: "Dead".to_owned(),
+        protocol_type: String::new(),
+        protocol: String::new(),
+        group_type: None,
+        group_epoch: None,
+        assignment_epoch: None,
         member_count: members.len(),
         members,
         offsets,
         total_lag,
-    }))
+    };
+    match (description, listed) {
+        (Some(d), _) => {
+            detail.state = d.state;
+            detail.protocol_type = d.protocol_type;
+            detail.protocol = d.protocol;
+            detail.group_type = Some(d.group_type.kafka_name().to_owned());
+            detail.group_epoch = d.group_epoch;
+            detail.assignment_epoch = d.assignment_epoch;
+        }
+        (None, Some(l)) => {
+            detail.state = l.state.unwrap_or_else(|| "Unknown".to_owned());
+            detail.protocol_type = l.protocol_type;
+            detail.group_type = l.group_type;
+        }
+        // Only committed offsets are left of it.
+        (None, None) => {}
+    }
+    Ok(Json(detail))
 }
 
 // ------------------------------------------------------------------ GET /connectors
@@ -1390,6 +1456,116 @@ async fn connectors(State(coordinator): Shared) -> Result<Json<ConnectorList>, A
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kafka::{GroupMember, GroupType};
+
+    fn described(group_type: GroupType, state: &str, members: usize) -> GroupDescription {
+        GroupDescription {
+            group_id: "g".to_owned(),
+            group_type,
+            state: state.to_owned(),
+            protocol_type: "consumer".to_owned(),
+            protocol: String::new(),
+            group_epoch: None,
+            assignment_epoch: None,
+            members: (0..members)
+                .map(|i| GroupMember {
+                    member_id: format!("m{i}"),
+                    group_instance_id: None,
+                    client_id: "c".to_owned(),
+                    client_host: "/127.0.0.1".to_owned(),
+                    assignment: Vec::new(),
+                    member_epoch: None,
+                    target_assignment: None,
+                })
+                .collect(),
+        }
+    }
+
+    fn answer(
+        api: &'static str,
+        result: Result<GroupDescription, &str>,
+    ) -> Result<ItemResults<String, GroupDescription>, KafkaError> {
+        let result = result.map_err(|code| KafkaError::Kafka {
+            api,
+            what: "group g".to_owned(),
+            code: code.to_owned(),
+            message: None,
+        });
+        Ok(ItemResults {
+            items: vec![("g".to_owned(), result)],
+        })
+    }
+
+    fn unsupported() -> Result<ItemResults<String, GroupDescription>, KafkaError> {
+        Err(KafkaError::Unsupported {
+            api: "ConsumerGroupDescribe",
+            address: "broker 1".to_owned(),
+            offered: "none".to_owned(),
+        })
+    }
+
+    #[test]
+    fn a_group_is_described_as_classic_else_as_a_kip_848_consumer_group() {
+        let never = |_: &[String]| -> Result<ItemResults<String, GroupDescription>, KafkaError> {
+            panic!("a classic group is not asked for as a consumer group")
+        };
+        let classic = |_: &[String]| {
+            answer(
+                "DescribeGroups",
+                Ok(described(GroupType::Classic, "Stable", 1)),
+            )
+        };
+        let found = describe_group("g", &classic, &never).expect("described");
+        assert_eq!(found.map(|d| d.group_type), Some(GroupType::Classic));
+
+        // Kafka 4: GROUP_ID_NOT_FOUND; before: Dead with no members.
+        let consumer = |_: &[String]| {
+            answer(
+                "ConsumerGroupDescribe",
+                Ok(described(GroupType::Consumer, "Stable", 2)),
+            )
+        };
+        for not_classic in [
+            answer("DescribeGroups", Err("GROUP_ID_NOT_FOUND")),
+            answer(
+                "DescribeGroups",
+                Ok(described(GroupType::Classic, "Dead", 0)),
+            ),
+        ] {
+            let not_classic = std::cell::RefCell::new(Some(not_classic));
+            let take = |_: &[String]| not_classic.borrow_mut().take().expect("asked once");
+            let found = describe_group("g", &take, &consumer)
+                .expect("described")
+                .expect("a group");
+            assert_eq!(
+                (found.group_type, found.members.len()),
+                (GroupType::Consumer, 2)
+            );
+        }
+
+        // Neither knows it, or the broker has no ConsumerGroupDescribe.
+        let not_found = |_: &[String]| answer("DescribeGroups", Err("GROUP_ID_NOT_FOUND"));
+        let not_consumer =
+            |_: &[String]| answer("ConsumerGroupDescribe", Err("GROUP_ID_NOT_FOUND"));
+        assert_eq!(
+            describe_group("g", &not_found, &not_consumer).expect("ok"),
+            None
+        );
+        assert_eq!(
+            describe_group("g", &not_found, &|_| unsupported()).expect("ok"),
+            None
+        );
+
+        // Any other failure is Kafka being unavailable, not an absent group.
+        let denied = |_: &[String]| answer("DescribeGroups", Err("GROUP_AUTHORIZATION_FAILED"));
+        let failure = describe_group("g", &denied, &never).expect_err("refused");
+        assert_eq!(failure.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let failure = describe_group("g", &not_found, &|_| {
+            answer("ConsumerGroupDescribe", Err("COORDINATOR_NOT_AVAILABLE"))
+        })
+        .expect_err("unavailable");
+        assert_eq!(failure.body().error.code, "kafka_unavailable");
+    }
 
     #[test]
     fn lag_is_never_negative_and_unknown_without_both_offsets() {

@@ -516,15 +516,54 @@ pub struct ListedGroup {
     pub coordinator: i32,
 }
 
-/// A classic group as `DescribeGroups` reports it.
+/// Which rebalance protocol a group runs, and so which call describes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupType {
+    /// The classic protocol (JoinGroup/SyncGroup, the client assigns):
+    /// `DescribeGroups`.
+    Classic,
+    /// The consumer protocol of KIP-848 (`group.protocol=consumer`, the
+    /// broker assigns): `ConsumerGroupDescribe`.
+    Consumer,
+}
+
+impl GroupType {
+    /// Kafka's name, as `ListGroups` reports it: `classic`, `consumer`.
+    pub fn kafka_name(self) -> &'static str {
+        match self {
+            GroupType::Classic => "classic",
+            GroupType::Consumer => "consumer",
+        }
+    }
+}
+
+impl fmt::Display for GroupType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.kafka_name())
+    }
+}
+
+/// A group as `DescribeGroups` (classic) or `ConsumerGroupDescribe`
+/// (KIP-848) reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GroupDescription {
     pub group_id: String,
-    /// `Stable`, `PreparingRebalance`, `CompletingRebalance`, `Empty`, `Dead`.
+    pub group_type: GroupType,
+    /// Classic: `Stable`, `PreparingRebalance`, `CompletingRebalance`,
+    /// `Empty`, `Dead`; consumer: `Stable`, `Assigning`, `Reconciling`,
+    /// `Empty`, `Dead`.
     pub state: String,
+    /// `consumer` for consumer groups of either type.
     pub protocol_type: String,
-    /// The assignor, e.g. `range`, `cooperative-sticky`.
+    /// The assignor, e.g. `range`, `cooperative-sticky` (classic, chosen by
+    /// the members), `uniform` (consumer, run by the broker).
     pub protocol: String,
+    /// Consumer groups: the epoch of the group's membership and
+    /// subscriptions, and of the target assignment computed for it (behind
+    /// the group epoch while the assignor runs, and in an empty group).
+    /// `None` for classic groups.
+    pub group_epoch: Option<i32>,
+    pub assignment_epoch: Option<i32>,
     pub members: Vec<GroupMember>,
 }
 
@@ -534,9 +573,16 @@ pub struct GroupMember {
     pub group_instance_id: Option<String>,
     pub client_id: String,
     pub client_host: String,
-    /// Decoded from the consumer protocol's assignment; empty for members
-    /// of groups of other protocol types, or while a rebalance runs.
+    /// The partitions the member owns. Classic: decoded from the consumer
+    /// protocol's assignment, empty for members of groups of other
+    /// protocol types or while a rebalance runs. Consumer: its current
+    /// assignment.
     pub assignment: Vec<TopicPartition>,
+    /// Consumer groups: the member's epoch (behind the assignment epoch
+    /// while it reconciles) and the partitions the assignor gave it, which
+    /// it owns once reconciled. `None` for classic groups.
+    pub member_epoch: Option<i32>,
+    pub target_assignment: Option<Vec<TopicPartition>>,
 }
 
 /// The calls a coordinator makes to reconcile cluster-scope resources and
@@ -613,8 +659,19 @@ pub trait ClusterAdmin: super::KafkaAdmin + Send + Sync {
 
     /// `ListGroups` of every live broker, merged.
     fn list_groups(&self) -> Result<Vec<ListedGroup>, KafkaError>;
-    /// `DescribeGroups`, each sent to its coordinator.
+    /// `DescribeGroups` of classic groups, each sent to its coordinator.
+    /// Since Kafka 4.0 (version 6) a group of another type, or none, is
+    /// `GROUP_ID_NOT_FOUND`; older versions describe it as `Dead` with no
+    /// members.
     fn describe_groups(
+        &self,
+        group_ids: &[String],
+    ) -> Result<ItemResults<String, GroupDescription>, KafkaError>;
+    /// `ConsumerGroupDescribe` of KIP-848 consumer groups, each sent to its
+    /// coordinator. A group of another type, or none, is
+    /// `GROUP_ID_NOT_FOUND`; a broker without the API (before Kafka 3.7)
+    /// fails the call with [`KafkaError::Unsupported`].
+    fn describe_consumer_groups(
         &self,
         group_ids: &[String],
     ) -> Result<ItemResults<String, GroupDescription>, KafkaError>;

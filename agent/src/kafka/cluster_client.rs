@@ -12,6 +12,7 @@ use kafka_protocol::messages::alter_client_quotas_request::{
 use kafka_protocol::messages::alter_user_scram_credentials_request::{
     ScramCredentialDeletion, ScramCredentialUpsertion,
 };
+use kafka_protocol::messages::consumer_group_describe_response::Assignment as ConsumerGroupAssignment;
 use kafka_protocol::messages::create_acls_request::AclCreation;
 use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
@@ -26,9 +27,9 @@ use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestGroup;
 use kafka_protocol::messages::update_features_request::FeatureUpdateKey;
 use kafka_protocol::messages::{
     AlterClientQuotasRequest, AlterUserScramCredentialsRequest, ApiVersionsRequest, BrokerId,
-    CreateAclsRequest, CreatePartitionsRequest, CreateTopicsRequest, DeleteAclsRequest,
-    DeleteTopicsRequest, DescribeAclsRequest, DescribeClientQuotasRequest, DescribeGroupsRequest,
-    DescribeUserScramCredentialsRequest, FindCoordinatorRequest, GroupId,
+    ConsumerGroupDescribeRequest, CreateAclsRequest, CreatePartitionsRequest, CreateTopicsRequest,
+    DeleteAclsRequest, DeleteTopicsRequest, DescribeAclsRequest, DescribeClientQuotasRequest,
+    DescribeGroupsRequest, DescribeUserScramCredentialsRequest, FindCoordinatorRequest, GroupId,
     IncrementalAlterConfigsRequest, ListGroupsRequest, ListOffsetsRequest, OffsetFetchRequest,
     UpdateFeaturesRequest,
 };
@@ -41,9 +42,9 @@ use super::client::{
 use super::cluster::{
     AclBinding, AclFilter, AclOperation, AclPatternType, AclPermission, AclResourceType,
     ClusterAdmin, FeatureDescription, FeatureRange, FeatureUpdateKind, GroupDescription,
-    GroupMember, ItemResults, ListedGroup, NewPartitions, NewTopic, QuotaEntity, QuotaFilter,
-    QuotaKey, QuotaOp, ScramCredentialInfo, ScramDeletion, ScramMechanism, ScramUpsert,
-    TopicConfigChange,
+    GroupMember, GroupType, ItemResults, ListedGroup, NewPartitions, NewTopic, QuotaEntity,
+    QuotaFilter, QuotaKey, QuotaOp, ScramCredentialInfo, ScramDeletion, ScramMechanism,
+    ScramUpsert, TopicConfigChange,
 };
 use super::scram::{CREDENTIAL_ITERATIONS, new_credential};
 use super::{AdminClient, ConfigOp, KafkaAdmin as _, KafkaError, TopicPartition};
@@ -140,6 +141,14 @@ fn acl_binding(
     }
 }
 
+/// Groups to describe, sorted by the broker coordinating them.
+struct GroupsByCoordinator<'a> {
+    /// The groups whose coordinator could not be found, with why.
+    failed: HashMap<String, Result<GroupDescription, KafkaError>>,
+    /// Coordinator → its groups.
+    by_node: BTreeMap<i32, Vec<&'a String>>,
+}
+
 impl AdminClient {
     fn answered_by(&self) -> String {
         self.config.bootstrap.join(",")
@@ -207,6 +216,34 @@ impl AdminClient {
         Ok(out)
     }
 
+    /// The groups of each coordinator, and the failure of each group
+    /// whose coordinator could not be found.
+    fn groups_by_coordinator<'a>(
+        &self,
+        group_ids: &'a [String],
+    ) -> Result<GroupsByCoordinator<'a>, KafkaError> {
+        let mut sorted = GroupsByCoordinator {
+            failed: HashMap::new(),
+            by_node: BTreeMap::new(),
+        };
+        if group_ids.is_empty() {
+            return Ok(sorted);
+        }
+        for (group, found) in self.find_coordinators(group_ids)? {
+            match found {
+                Ok(node) => {
+                    if let Some(id) = group_ids.iter().find(|g| **g == group) {
+                        sorted.by_node.entry(node).or_default().push(id);
+                    }
+                }
+                Err(e) => {
+                    sorted.failed.insert(group, Err(e));
+                }
+            }
+        }
+        Ok(sorted)
+    }
+
     fn coordinator(&self, group: &str) -> Result<i32, KafkaError> {
         let group = group.to_owned();
         let mut found = self.find_coordinators(std::slice::from_ref(&group))?;
@@ -218,6 +255,23 @@ impl AdminClient {
             })
         })
     }
+}
+
+/// A KIP-848 assignment as partitions, in order. Kafka names every topic
+/// it still knows and leaves out those it does not.
+fn consumer_assignment(assignment: &ConsumerGroupAssignment) -> Vec<TopicPartition> {
+    let mut partitions: Vec<TopicPartition> = assignment
+        .topic_partitions
+        .iter()
+        .flat_map(|t| {
+            t.partitions.iter().map(|p| TopicPartition {
+                topic: text(&t.topic_name.0),
+                partition: *p,
+            })
+        })
+        .collect();
+    partitions.sort();
+    partitions
 }
 
 impl ClusterAdmin for AdminClient {
@@ -966,24 +1020,11 @@ impl ClusterAdmin for AdminClient {
         group_ids: &[String],
     ) -> Result<ItemResults<String, GroupDescription>, KafkaError> {
         let api = "DescribeGroups";
-        if group_ids.is_empty() {
-            return Ok(ItemResults { items: Vec::new() });
-        }
-        let mut answers: HashMap<String, Result<GroupDescription, KafkaError>> = HashMap::new();
-        let mut by_coordinator: BTreeMap<i32, Vec<&String>> = BTreeMap::new();
-        for (group, found) in self.find_coordinators(group_ids)? {
-            match found {
-                Ok(node) => {
-                    if let Some(id) = group_ids.iter().find(|g| **g == group) {
-                        by_coordinator.entry(node).or_default().push(id);
-                    }
-                }
-                Err(e) => {
-                    answers.insert(group, Err(e));
-                }
-            }
-        }
-        for (node, groups) in by_coordinator {
+        let GroupsByCoordinator {
+            failed: mut answers,
+            by_node,
+        } = self.groups_by_coordinator(group_ids)?;
+        for (node, groups) in by_node {
             let response = self.call(Target::Node(node), api, |_| {
                 DescribeGroupsRequest::default()
                     .with_groups(groups.iter().map(|g| GroupId(str_bytes(g))).collect())
@@ -1022,15 +1063,77 @@ impl ClusterAdmin for AdminClient {
                             client_id: text(&m.client_id),
                             client_host: text(&m.client_host),
                             assignment,
+                            member_epoch: None,
+                            target_assignment: None,
                         });
                     }
                     Ok(GroupDescription {
                         group_id: group_id.clone(),
+                        group_type: GroupType::Classic,
                         state: text(&g.group_state),
                         protocol_type: text(&g.protocol_type),
                         protocol: text(&g.protocol_data),
+                        group_epoch: None,
+                        assignment_epoch: None,
                         members,
                     })
+                });
+                answers.insert(group_id, result);
+            }
+        }
+        Ok(by_name(
+            api,
+            &self.answered_by(),
+            group_ids.iter().cloned(),
+            answers,
+        ))
+    }
+
+    fn describe_consumer_groups(
+        &self,
+        group_ids: &[String],
+    ) -> Result<ItemResults<String, GroupDescription>, KafkaError> {
+        let api = "ConsumerGroupDescribe";
+        let GroupsByCoordinator {
+            failed: mut answers,
+            by_node,
+        } = self.groups_by_coordinator(group_ids)?;
+        for (node, groups) in by_node {
+            let response = self.call(Target::Node(node), api, |_| {
+                ConsumerGroupDescribeRequest::default()
+                    .with_group_ids(groups.iter().map(|g| GroupId(str_bytes(g))).collect())
+                    .with_include_authorized_operations(false)
+            })?;
+            for g in &response.groups {
+                let group_id = text(&g.group_id.0);
+                let result = check(
+                    api,
+                    || format!("group {group_id}"),
+                    g.error_code,
+                    g.error_message.as_ref(),
+                )
+                .map(|()| GroupDescription {
+                    group_id: group_id.clone(),
+                    group_type: GroupType::Consumer,
+                    state: text(&g.group_state),
+                    // What ListGroups reports for these groups.
+                    protocol_type: "consumer".to_owned(),
+                    protocol: text(&g.assignor_name),
+                    group_epoch: Some(g.group_epoch),
+                    assignment_epoch: Some(g.assignment_epoch),
+                    members: g
+                        .members
+                        .iter()
+                        .map(|m| GroupMember {
+                            member_id: text(&m.member_id),
+                            group_instance_id: m.instance_id.as_ref().map(text),
+                            client_id: text(&m.client_id),
+                            client_host: text(&m.client_host),
+                            assignment: consumer_assignment(&m.assignment),
+                            member_epoch: Some(m.member_epoch),
+                            target_assignment: Some(consumer_assignment(&m.target_assignment)),
+                        })
+                        .collect(),
                 });
                 answers.insert(group_id, result);
             }
@@ -1309,6 +1412,33 @@ mod tests {
             "CreateTopics: 2 items failed: CreateTopics: topic a: INVALID_CONFIG; \
              CreateTopics: topic c: INVALID_CONFIG"
         );
+    }
+
+    #[test]
+    fn a_kip_848_assignment_becomes_sorted_partitions() {
+        use kafka_protocol::messages::TopicName;
+        use kafka_protocol::messages::consumer_group_describe_response::TopicPartitions;
+        let topic = |name: &str, partitions: Vec<i32>| {
+            TopicPartitions::default()
+                .with_topic_name(TopicName(str_bytes(name)))
+                .with_partitions(partitions)
+        };
+        let assignment = ConsumerGroupAssignment::default().with_topic_partitions(vec![
+            topic("orders", vec![2, 0]),
+            topic("audit", vec![1]),
+            topic("empty", Vec::new()),
+        ]);
+        let tp = |topic: &str, partition| TopicPartition {
+            topic: topic.to_owned(),
+            partition,
+        };
+        assert_eq!(
+            consumer_assignment(&assignment),
+            [tp("audit", 1), tp("orders", 0), tp("orders", 2)]
+        );
+        assert_eq!(consumer_assignment(&ConsumerGroupAssignment::default()), []);
+        assert_eq!(GroupType::Consumer.to_string(), "consumer");
+        assert_eq!(GroupType::Classic.kafka_name(), "classic");
     }
 
     #[test]

@@ -28,9 +28,9 @@ pub use client::{AdminClient, AdminConfig, Auth};
 pub use cluster::{
     AclBinding, AclFilter, AclOperation, AclPatternType, AclPermission, AclResourceType,
     ClusterAdmin, FeatureDescription, FeatureRange, FeatureUpdateKind, GroupDescription,
-    GroupMember, ItemResults, ListedGroup, NewPartitions, NewTopic, QuotaEntity, QuotaFilter,
-    QuotaKey, QuotaOp, ScramCredentialInfo, ScramDeletion, ScramMechanism, ScramUpsert,
-    TopicConfigChange,
+    GroupMember, GroupType, ItemResults, ListedGroup, NewPartitions, NewTopic, QuotaEntity,
+    QuotaFilter, QuotaKey, QuotaOp, ScramCredentialInfo, ScramDeletion, ScramMechanism,
+    ScramUpsert, TopicConfigChange,
 };
 
 /// A partition, by topic and index.

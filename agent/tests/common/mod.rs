@@ -299,6 +299,24 @@ ssl.truststore.location={}
         cmd
     }
 
+    /// `kafka-console-consumer.sh` of `topic` in `group` as the admin user,
+    /// running until dropped; `properties` are `--consumer-property` pairs.
+    pub fn live_consumer(&self, topic: &str, group: &str, properties: &[&str]) -> LiveConsumer {
+        let mut cmd = self.tool("kafka-console-consumer.sh");
+        cmd.args(["--bootstrap-server", &self.internal])
+            .args(["--topic", topic, "--group", group, "--consumer.config"])
+            .arg(&self.tool_config);
+        for property in properties {
+            cmd.args(["--consumer-property", property]);
+        }
+        LiveConsumer(
+            cmd.stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("kafka-console-consumer.sh"),
+        )
+    }
+
     pub fn controller_client(&self) -> AdminClient {
         AdminClient::new(AdminConfig {
             bootstrap: vec![self.controller.clone()],
@@ -310,6 +328,18 @@ ssl.truststore.location={}
             controllers: true,
         })
         .expect("controller client")
+    }
+}
+
+/// A console consumer that stays in its group until dropped (killed, so it
+/// neither commits nor leaves: its member stays until the session times
+/// out).
+pub struct LiveConsumer(pub Child);
+
+impl Drop for LiveConsumer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

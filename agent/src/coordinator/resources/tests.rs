@@ -494,6 +494,12 @@ impl ClusterAdmin for FakeKafka {
     ) -> Result<ItemResults<String, GroupDescription>, KafkaError> {
         Err(not_scripted("DescribeGroups"))
     }
+    fn describe_consumer_groups(
+        &self,
+        _: &[String],
+    ) -> Result<ItemResults<String, GroupDescription>, KafkaError> {
+        Err(not_scripted("ConsumerGroupDescribe"))
+    }
     fn committed_offsets(&self, _: &str) -> Result<BTreeMap<TopicPartition, i64>, KafkaError> {
         Err(not_scripted("OffsetFetch"))
     }
