@@ -50,31 +50,15 @@ struct RestartsFile {
 /// memory starts empty (the backoff starts over: at most one restart too
 /// many); it is overwritten at the next restart.
 pub fn load_restarts(path: &Path) -> (RestartMemory, Option<String>) {
-    let bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return (RestartMemory::default(), None);
-        }
-        Err(e) => {
-            return (
-                RestartMemory::default(),
-                Some(format!("reading {}: {e}", path.display())),
-            );
-        }
-    };
-    match serde_json::from_slice::<RestartsFile>(&bytes) {
-        Ok(file) if file.version == RESTARTS_FILE_VERSION => (file.memory, None),
-        Ok(file) => (
+    match super::state_file::load(path, RESTARTS_FILE_VERSION, |f: &RestartsFile| f.version) {
+        Ok(file) => (file.map(|f| f.memory).unwrap_or_default(), None),
+        Err(super::state_file::LoadError::Read(e)) => (
             RestartMemory::default(),
-            Some(format!(
-                "{}: version {} (this coordinator writes {RESTARTS_FILE_VERSION})",
-                path.display(),
-                file.version
-            )),
+            Some(format!("reading {}: {e}", path.display())),
         ),
-        Err(e) => (
+        Err(super::state_file::LoadError::Corrupt(reason)) => (
             RestartMemory::default(),
-            Some(format!("{}: {e}", path.display())),
+            Some(format!("{}: {reason}", path.display())),
         ),
     }
 }

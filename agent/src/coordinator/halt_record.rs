@@ -94,27 +94,20 @@ struct HaltFile {
 
 /// Reads the record at `path`; a missing file is an empty record.
 pub(crate) fn load(path: &Path) -> Result<Kept, HaltRecordError> {
-    let bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Kept::default()),
-        Err(source) => {
-            return Err(HaltRecordError::Read {
+    let loaded = super::state_file::load(path, HALT_FILE_VERSION, |f: &HaltFile| f.version)
+        .map_err(|e| match e {
+            super::state_file::LoadError::Read(source) => HaltRecordError::Read {
                 path: path.to_owned(),
                 source,
-            });
-        }
+            },
+            super::state_file::LoadError::Corrupt(reason) => HaltRecordError::Corrupt {
+                path: path.to_owned(),
+                reason,
+            },
+        })?;
+    let Some(file) = loaded else {
+        return Ok(Kept::default());
     };
-    let corrupt = |reason: String| HaltRecordError::Corrupt {
-        path: path.to_owned(),
-        reason,
-    };
-    let file: HaltFile = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
-    if file.version != HALT_FILE_VERSION {
-        return Err(corrupt(format!(
-            "version {} (this coordinator writes {HALT_FILE_VERSION})",
-            file.version
-        )));
-    }
     Ok(Kept {
         last_fencing: file.last_fencing,
         halts: file.halts,

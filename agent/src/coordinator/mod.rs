@@ -27,6 +27,7 @@ mod refusal;
 pub mod resources;
 mod rollout;
 pub mod service;
+mod state_file;
 pub mod status_view;
 pub mod tls;
 

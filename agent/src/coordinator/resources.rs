@@ -112,30 +112,21 @@ pub struct DigestRecord {
 impl DigestRecord {
     /// Reads the record at `path`; a missing file is an empty record.
     pub fn load(path: &Path) -> Result<Self, DigestRecordError> {
-        let bytes = match std::fs::read(path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(Self::empty(path.to_owned()));
-            }
-            Err(source) => {
-                return Err(DigestRecordError::Read {
-                    path: path.to_owned(),
-                    source,
-                });
-            }
-        };
         let corrupt = |reason: String| DigestRecordError::Corrupt {
             path: path.to_owned(),
             reason,
         };
-        let file: DigestFile =
-            serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
-        if file.version != DIGEST_FILE_VERSION {
-            return Err(corrupt(format!(
-                "version {} (this coordinator writes {DIGEST_FILE_VERSION})",
-                file.version
-            )));
-        }
+        let loaded = super::state_file::load(path, DIGEST_FILE_VERSION, |f: &DigestFile| f.version)
+            .map_err(|e| match e {
+                super::state_file::LoadError::Read(source) => DigestRecordError::Read {
+                    path: path.to_owned(),
+                    source,
+                },
+                super::state_file::LoadError::Corrupt(reason) => corrupt(reason),
+            })?;
+        let Some(file) = loaded else {
+            return Ok(Self::empty(path.to_owned()));
+        };
         if let Some((user, _)) = file.digests.iter().find(|(_, d)| {
             d.as_str().len() != 64 || !d.as_str().bytes().all(|b| b.is_ascii_hexdigit())
         }) {
