@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use desired_state::{Identity, Model, secrets::EncryptedSecret, types::Name};
 use kraftops_agent::local::{ClusterState, Layout, checks};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const STATE_DIR: &str = "/var/lib/kraftops-local-e2e";
 
@@ -2111,13 +2111,19 @@ fn the_example_cluster_comes_up_healthy_and_secure() {
     .expect("writing the client's config");
     // kcat (librdkafka) as client: 30 records produced (acks=all) and read
     // back by a plain consumer, then 10 of them by a Java group consumer.
+    // All 30 go to partition 0: the group then has a committed offset on the
+    // partition that holds the records, whichever partitions its consumer
+    // happened to fetch from first. Spread over three partitions, a consumer
+    // that took its 10 from partitions 0 and 2 commits nothing on 1, and
+    // the lag reported (like kafka-consumer-groups.sh) covers only the
+    // partitions the group committed on.
     let client = ("client", client_password.as_str());
     let records: String = (0..30).map(|i| format!("lag-{i}\n")).collect();
     let (_, produced) = kcat(
         &state,
         &root,
         client,
-        &["-P", "-t", "test-topic", "-X", "acks=all"],
+        &["-P", "-t", "test-topic", "-p", "0", "-X", "acks=all"],
         Some(&records),
     );
     assert!(
@@ -2173,6 +2179,23 @@ fn the_example_cluster_comes_up_healthy_and_secure() {
     );
     let group = http_json(&format!("{coordinator}/consumer-groups/client-e2e"));
     assert_eq!(group["total_lag"], 20, "30 produced, 10 consumed: {group}");
+    let partition_0 = group["offsets"]
+        .as_array()
+        .and_then(|offsets| {
+            offsets
+                .iter()
+                .find(|o| o["topic"] == "test-topic" && o["partition"] == 0)
+        })
+        .unwrap_or_else(|| panic!("no offsets of test-topic partition 0: {group}"));
+    assert_eq!(
+        (
+            &partition_0["committed"],
+            &partition_0["latest"],
+            &partition_0["lag"]
+        ),
+        (&json!(10), &json!(30), &json!(20)),
+        "test-topic partition 0 of client-e2e: {group}"
+    );
     let (_, wrong) = kcat(
         &state,
         &root,
