@@ -150,6 +150,28 @@ fn kcat(
     (stdout(&out), stderr(&out))
 }
 
+/// Runs a kcat check until its output satisfies `ok`, for up to a minute
+/// (30 tries two seconds apart): a change the coordinator has applied
+/// reaches broker-1 through the metadata log a moment later. Fails with the
+/// last output.
+fn kcat_until(
+    what: &str,
+    mut run: impl FnMut() -> (String, String),
+    ok: impl Fn(&(String, String)) -> bool,
+) -> (String, String) {
+    let mut last = (String::new(), String::new());
+    for attempt in 0..30 {
+        if attempt > 0 {
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        last = run();
+        if ok(&last) {
+            return last;
+        }
+    }
+    panic!("{what}: kcat printed\n{}{}", last.0, last.1);
+}
+
 fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
     loop {
@@ -2383,11 +2405,14 @@ fn the_example_cluster_comes_up_healthy_and_secure() {
         );
     };
     connector_state("PAUSED");
+    // The coordinator has applied the credential and the ACLs; broker-1
+    // learns of them from the metadata log a moment later, so each kcat
+    // check below is retried for up to a minute before it fails.
     let reader = ("e2e-reader", reader_password);
-    let (metadata, errors) = kcat(&state, &root, reader, &["-L", "-t", "e2e-from-git"], None);
-    assert!(
-        metadata.contains("topic \"e2e-from-git\" with 2 partitions"),
-        "kcat as the new user e2e-reader: {metadata}{errors}"
+    kcat_until(
+        "the new user e2e-reader to log in and see e2e-from-git",
+        || kcat(&state, &root, reader, &["-L", "-t", "e2e-from-git"], None),
+        |(metadata, _)| metadata.contains("topic \"e2e-from-git\" with 2 partitions"),
     );
     let configs = topic_configs("topic-1");
     assert!(
@@ -2403,16 +2428,22 @@ fn the_example_cluster_comes_up_healthy_and_secure() {
     ] {
         assert_eq!(listed.contains(topic), present, "{topic} in {listed:?}");
     }
-    let (_, refused_write) = kcat(
-        &state,
-        &root,
-        client,
-        &["-P", "-t", "topic-1", "-X", "acks=all"],
-        Some("after-the-acl-change\n"),
+    let refused_write = kcat_until(
+        "client may no longer write to topic-1",
+        || {
+            kcat(
+                &state,
+                &root,
+                client,
+                &["-P", "-t", "topic-1", "-X", "acks=all"],
+                Some("after-the-acl-change\n"),
+            )
+        },
+        |(_, errors)| errors.contains("authorization failed"),
     );
-    assert!(
-        refused_write.contains("authorization failed"),
-        "client may no longer write to topic-1: {refused_write}"
+    report!(
+        "client's write to topic-1 refused: {}",
+        refused_write.1.lines().last().unwrap_or_default()
     );
 
     // A partition decrease is refused with its place in git; Kafka keeps 6.
@@ -2463,10 +2494,10 @@ fn the_example_cluster_comes_up_healthy_and_secure() {
     );
     let (fixed_head, _) = push_and_wait(&state, work.path(), "e2e: partitions back");
     resources_settled(&fixed_head, "the partitions put back");
-    let (_, removed) = kcat(&state, &root, reader, &["-L", "-m", "10"], None);
-    assert!(
-        removed.contains("Authentication failed"),
-        "the deleted user e2e-reader can no longer log in: {removed}"
+    kcat_until(
+        "the deleted user e2e-reader can no longer log in",
+        || kcat(&state, &root, reader, &["-L", "-m", "10"], None),
+        |(_, errors)| errors.contains("Authentication failed"),
     );
     connector_state("RUNNING");
     report!("e2e-reader deleted (kcat refused), connector cluster-hosts running again");
