@@ -994,6 +994,91 @@ fn a_tarball_installs_into_a_versioned_directory_and_the_link_switches() {
 }
 
 #[test]
+fn the_version_a_running_unit_started_from_stays_until_the_unit_restarts() {
+    let node = Node::new();
+    let rec = recorder();
+    let mut plan = empty_plan();
+    plan.units = vec![unit("kafka.service", "[Service]\n")];
+    let versions: Vec<Vec<u8>> = (1..=3)
+        .map(|v| kafka_tarball(&format!("kafka_2.13-4.{v}.0"), &format!("v{v}"), 2))
+        .collect();
+    let artifact = |v: usize| {
+        let path = node.src.join(format!("v{}.tgz", v + 1));
+        fs::write(&path, &versions[v]).expect("write");
+        tarball_artifact(&path, &versions[v])
+    };
+    let on_disk = |v: usize| {
+        node.path(&format!("/opt/{}", versioned(&versions[v])))
+            .is_dir()
+    };
+
+    // v1 installed, kafka.service started from it.
+    let mut applier = node.applier(rec.clone());
+    plan.artifacts = vec![artifact(0)];
+    applier.apply(&plan).expect("install v1");
+    assert!(
+        rec.take_calls()
+            .contains(&ServiceCall::Start("kafka.service".to_owned()))
+    );
+
+    // v2, then v3, while kafka.service waits for its lease: the JVM still
+    // runs from v1's directory, which must stay.
+    plan.artifacts = vec![artifact(1)];
+    let report = applier.apply(&plan).expect("install v2");
+    assert_eq!(report.pending_restarts, strings(&["kafka.service"]));
+    plan.artifacts = vec![artifact(2)];
+    let report = applier.apply(&plan).expect("install v3");
+    assert_eq!(report.pending_restarts, strings(&["kafka.service"]));
+    assert_eq!(node.link("/opt/kafka"), Some(versioned(&versions[2])));
+    assert_eq!(
+        (on_disk(0), on_disk(1), on_disk(2)),
+        (true, true, true),
+        "v1 (running), v2 (previous) and v3 (current) are all on disk"
+    );
+    assert!(
+        rec.take_calls().is_empty(),
+        "nothing restarted without the lease"
+    );
+
+    // The agent restarts: what the running unit needs is in its state.
+    drop(applier);
+    let mut applier = node.applier(rec.clone());
+    applier.apply(&plan).expect("v3 again");
+    assert!(on_disk(0), "v1 kept across an agent restart");
+
+    // Once kafka.service restarts (from v3), v1 goes at the next apply;
+    // v2 stays as the version before v3.
+    applier
+        .restart(&strings(&["kafka.service"]))
+        .expect("restart");
+    applier.apply(&plan).expect("after the restart");
+    assert_eq!(
+        (on_disk(0), on_disk(1), on_disk(2)),
+        (false, true, true),
+        "after the restart: v1 removed, v2 kept for a rollback"
+    );
+
+    // A rollback to the version the unit runs from keeps it too: v3 runs,
+    // the link goes back to v2 and then to v1 before the restart.
+    plan.artifacts = vec![artifact(1)];
+    applier.apply(&plan).expect("back to v2");
+    plan.artifacts = vec![artifact(0)];
+    applier.apply(&plan).expect("back to v1");
+    assert_eq!(node.link("/opt/kafka"), Some(versioned(&versions[0])));
+    assert!(on_disk(2), "v3 kept while kafka.service runs from it");
+    applier
+        .restart(&strings(&["kafka.service"]))
+        .expect("restart");
+    applier.apply(&plan).expect("after the second restart");
+    assert_eq!(
+        (on_disk(0), on_disk(1), on_disk(2)),
+        (true, true, false),
+        "v1 current, v2 kept for a rollback, v3 removed"
+    );
+    assert!(temp_files(&node.base).is_empty());
+}
+
+#[test]
 fn a_wrong_or_truncated_download_is_refused_and_nothing_changes() {
     let node = Node::new();
     let mut applier = node.applier(recorder());

@@ -17,7 +17,9 @@ use super::atomic::{self, Ownership};
 use super::command;
 use super::error::{ApplyError, DownloadError};
 use super::state::ArtifactRecord;
+use super::state::RunningVersion;
 use super::{Applier, ApplyReport, StatusCache};
+use super::{ChangeAction, change_action};
 
 /// A digest file is a few hundred bytes; anything much larger is not one.
 const DIGEST_FILE_LIMIT: u64 = 64 * 1024;
@@ -556,17 +558,40 @@ impl Applier {
         }
         let current = link_target(target);
         let changed = current.as_deref() != Some(name.as_str());
+        let old = self.state.artifacts.get(&a.name).cloned();
+        let mut running = old.as_ref().and_then(|o| o.running.clone());
         if changed {
             self.note_change(&a.on_change, status, target)?;
+            // The running unit keeps the version it started from until its
+            // restart (pending now): remember that directory, unless an
+            // earlier switch already did.
+            if let ChangeAction::RestartWithLease(unit) = change_action(&a.on_change)
+                && self.state.pending_restarts.contains(unit)
+            {
+                if running.is_none()
+                    && let Some(started) = old.as_ref().and_then(|o| o.dir.clone())
+                {
+                    running = Some(RunningVersion {
+                        unit: unit.to_owned(),
+                        dir: started,
+                    });
+                }
+            } else if let Some(r) = running.take() {
+                // Not running: it starts from the new version.
+                self.state.garbage.insert(r.dir);
+            }
+            if let Some(old) = self.state.artifacts.get_mut(&a.name) {
+                old.running.clone_from(&running);
+            }
             self.save_state()?;
             atomic::switch_symlink(target, &name)?;
         }
-        let old = self.state.artifacts.get(&a.name).cloned();
         let mut previous = old.as_ref().and_then(|o| o.previous.clone());
         if let Some(old_dir) = old.as_ref().and_then(|o| o.dir.clone())
             && old_dir != versioned_node
         {
-            // Keep one version back for a rollback; the one before goes.
+            // Keep one version back for a rollback; the one before goes
+            // (once no running unit needs it).
             if let Some(p) = previous.take()
                 && p != versioned_node
             {
@@ -583,6 +608,7 @@ impl Applier {
                 install_to: a.install_to.clone(),
                 dir: Some(versioned_node),
                 previous,
+                running,
             },
         );
         self.save_state()?;
@@ -639,6 +665,7 @@ impl Applier {
                 install_to: a.install_to.clone(),
                 dir: None,
                 previous: None,
+                running: None,
             },
         );
         self.save_state()?;
@@ -699,16 +726,41 @@ impl Applier {
         Ok(())
     }
 
+    /// `unit` (re)started or stopped for good: the versions it was running
+    /// from before are no longer needed by it (collected at the next apply).
+    pub(super) fn forget_running_version(&mut self, unit: &str) {
+        for record in self.state.artifacts.values_mut() {
+            if record.running.as_ref().is_some_and(|r| r.unit == unit)
+                && let Some(r) = record.running.take()
+            {
+                self.state.garbage.insert(r.dir);
+            }
+        }
+    }
+
     /// Deletes old versioned directories recorded as no longer needed.
+    /// A directory still in use (the current version, the one kept for a
+    /// rollback, or the one a unit waiting for its restart runs from) is
+    /// kept in the garbage set until it is no longer used.
     pub(super) fn collect_garbage(&mut self) -> Result<(), ApplyError> {
         let in_use: Vec<String> = self
             .state
             .artifacts
             .values()
-            .flat_map(|r| r.dir.iter().chain(r.previous.iter()).cloned())
+            .flat_map(|r| {
+                r.dir
+                    .iter()
+                    .chain(r.previous.iter())
+                    .chain(r.running.iter().map(|v| &v.dir))
+                    .cloned()
+            })
             .collect();
         for node_path in self.state.garbage.clone() {
-            if !in_use.contains(&node_path) {
+            if in_use.contains(&node_path) {
+                // Still used: stays garbage, collected once it is not.
+                continue;
+            }
+            {
                 let path = atomic::rooted(&self.root, &node_path)?;
                 match fs::remove_dir_all(&path) {
                     Ok(()) => {

@@ -380,6 +380,7 @@ impl Applier {
             // A unit that was not running starts with every new input.
             self.state.pending_restarts.remove(&unit.name);
             self.state.pending_kafka.remove(&unit.name);
+            self.forget_running_version(&unit.name);
             self.save_state()?;
             report.started.push(unit.name.clone());
         }
@@ -443,6 +444,7 @@ impl Applier {
                 // returns: forget it first, or the agent would restart itself
                 // on every start.
                 self.state.pending_restarts.remove(unit);
+                self.forget_running_version(unit);
                 self.save_state()?;
                 tracing::info!(unit = %unit, "restarting the agent's own unit");
                 self.services.restart(unit)?;
@@ -453,6 +455,7 @@ impl Applier {
             self.state.pending_restarts.remove(unit);
             // The restart read every new input.
             self.state.pending_kafka.remove(unit);
+            self.forget_running_version(unit);
             self.save_state()?;
         }
         Ok(())
@@ -693,6 +696,7 @@ impl Applier {
                 self.state.pending_restarts.remove(unit);
                 self.state.pending_reloads.remove(unit);
                 self.state.pending_kafka.remove(unit);
+                self.forget_running_version(unit);
                 self.state.daemon_reload_needed = true;
                 self.save_state()?;
             }

@@ -72,6 +72,22 @@ pub(crate) struct ArtifactRecord {
     pub dir: Option<String>,
     /// The version before `dir`, kept for a rollback (tarballs).
     pub previous: Option<String>,
+    /// The version the artifact's running unit was started from, while
+    /// that unit waits for its restart (tarballs): the link has moved on,
+    /// but the running process still reads from this directory, so it is
+    /// kept on disk until the unit restarts, however many versions come
+    /// in between.
+    pub running: Option<RunningVersion>,
+}
+
+/// A versioned directory a running unit was started from.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub(crate) struct RunningVersion {
+    /// The unit whose restart makes it use the new version.
+    pub unit: String,
+    /// The versioned directory (node path).
+    pub dir: String,
 }
 
 pub(crate) const STATE_VERSION: u32 = 1;
