@@ -16,10 +16,8 @@ use sha2::{Digest, Sha512};
 use super::atomic::{self, Ownership};
 use super::command;
 use super::error::{ApplyError, DownloadError};
-use super::state::ArtifactRecord;
-use super::state::RunningVersion;
-use super::{Applier, ApplyReport, StatusCache};
-use super::{ChangeAction, change_action};
+use super::state::{ArtifactRecord, RunningVersion};
+use super::{Applier, ApplyReport, ChangeAction, StatusCache, change_action};
 
 /// A digest file is a few hundred bytes; anything much larger is not one.
 const DIGEST_FILE_LIMIT: u64 = 64 * 1024;
@@ -760,16 +758,14 @@ impl Applier {
                 // Still used: stays garbage, collected once it is not.
                 continue;
             }
-            {
-                let path = atomic::rooted(&self.root, &node_path)?;
-                match fs::remove_dir_all(&path) {
-                    Ok(()) => {
-                        tracing::info!(path = %node_path, "removed old artifact version");
-                        atomic::fsync_dir(atomic::parent(&path))?;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(ApplyError::io("removing", path)(e)),
+            let path = atomic::rooted(&self.root, &node_path)?;
+            match fs::remove_dir_all(&path) {
+                Ok(()) => {
+                    tracing::info!(path = %node_path, "removed old artifact version");
+                    atomic::fsync_dir(atomic::parent(&path))?;
                 }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(ApplyError::io("removing", path)(e)),
             }
             self.state.garbage.remove(&node_path);
         }
