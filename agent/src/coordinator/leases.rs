@@ -377,9 +377,14 @@ impl LeaseTable {
         Ok(())
     }
 
-    /// Halts the live grant `fencing` of `node`: it stops expiring and the
-    /// role grants nothing until the halt is cleared. Halting twice keeps
-    /// the first halt.
+    /// Halts the grant `fencing` of `node`: it stops expiring and the role
+    /// grants nothing until the halt is cleared. Halting twice keeps the
+    /// first halt.
+    ///
+    /// A grant that expired while its holder rolled back (the rollback can
+    /// outlast a short TTL) is halted too, as long as it stands: any grant
+    /// of the role made after it expired would have removed it, so nobody
+    /// has restarted under the role since, and a halt only stops restarts.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn halt(
         &mut self,
@@ -393,11 +398,6 @@ impl LeaseTable {
     ) -> Result<Lease, Refusal> {
         self.note_expiries(now);
         let grant = self.find(role, node, fencing)?;
-        if !grant.live(now) {
-            return Err(Refusal::LeaseExpired {
-                role: role.to_owned(),
-            });
-        }
         if grant.halted.is_some() {
             let grant = grant.clone();
             return Ok(self.lease(role, &grant, now));
@@ -545,6 +545,59 @@ mod tests {
             .expect("halt");
         table.grant("controller", "controller-1", 60, None, T + 4);
         (table, granted)
+    }
+
+    #[test]
+    fn a_grant_that_expired_during_the_rollback_is_halted_unless_the_role_granted_since() {
+        let mut table = LeaseTable::new(T * 1_000_000);
+        let granted = table.grant("broker", "broker-1", 2, None, T);
+        // Its holder's rollback outlasted the 2 s TTL.
+        assert!(table.live_grants("broker", T + 5).is_empty());
+        let halted = table
+            .halt(
+                "broker",
+                "broker-1",
+                granted.fencing,
+                None,
+                "kafka.service not healthy",
+                None,
+                T + 5,
+            )
+            .expect("a late halt of a grant nobody replaced");
+        assert!(halted.halted.is_some());
+        let live = table.live_grants("broker", T + 1_000);
+        assert_eq!(live.len(), 1, "halted, the grant no longer expires");
+        assert_eq!(live[0].holder, "broker-1");
+        let kinds: Vec<LeaseEventKind> = table.history().iter().map(|e| e.event).collect();
+        assert_eq!(
+            &kinds[..3],
+            &[
+                LeaseEventKind::Halted,
+                LeaseEventKind::Expired,
+                LeaseEventKind::Granted
+            ],
+            "newest first"
+        );
+
+        // Once the role granted again, the expired grant is gone: a late
+        // halt of it is refused and the new holder is not halted.
+        let mut table = LeaseTable::new(T * 1_000_000);
+        let first = table.grant("broker", "broker-1", 2, None, T);
+        table.grant("broker", "broker-2", 60, None, T + 5);
+        let late = table.halt(
+            "broker",
+            "broker-1",
+            first.fencing,
+            None,
+            "kafka.service not healthy",
+            None,
+            T + 6,
+        );
+        assert!(
+            matches!(late, Err(Refusal::LeaseNotHeld { .. })),
+            "{late:?}"
+        );
+        assert!(table.halted("broker").is_empty());
     }
 
     #[test]
