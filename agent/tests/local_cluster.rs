@@ -436,23 +436,59 @@ fn lease_log(state: &ClusterState, role: &str, since: u64) -> Vec<(String, u64, 
 }
 
 /// Waits until every agent has applied `head` and converged.
+/// Waits up to 20 minutes for every agent to report `head` applied and
+/// converged; on timeout fails with each node's last report (phase,
+/// revision, what it waits for, its error) and the coordinator's rollout.
 fn wait_converged(state: &ClusterState, head: &str, what: &str) {
-    wait_until(
-        &format!("every agent converged on {what}"),
-        Duration::from_secs(1200),
-        || {
-            let views = kraftops_agent::local::node_views(state).ok()?;
-            views
-                .iter()
-                .all(|v| {
-                    v.report.as_ref().is_some_and(|r| {
-                        r.revision_applied.as_deref() == Some(head)
-                            && r.phase == kraftops_agent::protocol::Phase::Converged
-                    })
+    let timeout = Duration::from_secs(1200);
+    let deadline = Instant::now() + timeout;
+    let mut last = String::from("the coordinator never answered");
+    loop {
+        if let Ok(views) = kraftops_agent::local::node_views(state) {
+            let done = views.iter().all(|v| {
+                v.report.as_ref().is_some_and(|r| {
+                    r.revision_applied.as_deref() == Some(head)
+                        && r.phase == kraftops_agent::protocol::Phase::Converged
                 })
-                .then_some(())
-        },
-    );
+            });
+            if done {
+                return;
+            }
+            last = views
+                .iter()
+                .map(|v| match &v.report {
+                    None => format!("{}: no report", v.node),
+                    Some(r) => format!(
+                        "{}: {:?} applied {} seen {} waiting {:?} error {:?}",
+                        v.node,
+                        r.phase,
+                        r.revision_applied.as_deref().unwrap_or("-"),
+                        r.revision_seen.as_deref().unwrap_or("-"),
+                        r.waiting.as_ref().map(|w| &w.reason),
+                        r.last_error.as_ref().map(|e| &e.message),
+                    ),
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+        }
+        if Instant::now() >= deadline {
+            let rollout = reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .ok()
+                .and_then(|c| {
+                    c.get(format!("{}/v1/rollout", state.coordinator_url))
+                        .send()
+                        .ok()
+                })
+                .and_then(|r| r.text().ok())
+                .unwrap_or_default();
+            panic!(
+                "timed out after {timeout:?} waiting for every agent converged on {what} ({head}):\n{last}\nrollout: {rollout}"
+            );
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
 }
 
 /// `local push <dir>` without waiting; returns the new head.
